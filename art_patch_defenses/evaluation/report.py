@@ -1,0 +1,100 @@
+"""Reports of a suite run: one JSON, a Markdown table and a PNG (accuracy bars and example images)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from art_patch_defenses.evaluation.runner import ScenarioResult, scenario_label
+
+TABLE_HEADER = (
+    "| model | defence | attack | patch (px, area) | n | benign acc | adversarial acc | max change outside patch |",
+    "|---|---|---|---|---|---|---|---|",
+)
+
+
+def markdown_table(outcomes: list[ScenarioResult]) -> str:
+    """A Markdown table, one row per scenario, with the attack's patch geometry beside its numbers."""
+    rows = list(TABLE_HEADER)
+    for outcome in outcomes:
+        model, defense, attack = scenario_label(outcome.record["config"])
+        r = outcome.record["results"]
+        patch = f"{r['patch_pixels'][0]}x{r['patch_pixels'][1]}, {100 * r['patch_area_fraction']:.1f}%"
+        rows.append(
+            f"| {model} | {defense} | {attack} | {patch} | {r['num_samples']} | "
+            f"{r['benign_mean_categorical_accuracy']:.3f} | {r['adversarial_mean_categorical_accuracy']:.3f} | "
+            f"{r['max_change_outside_patch']:.2g} |"
+        )
+    return "\n".join(rows)
+
+
+def _show(axis, image: np.ndarray, title: str) -> None:
+    picture = image.transpose(1, 2, 0)
+    axis.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+    axis.set_title(title, fontsize=7)
+    axis.axis("off")
+
+
+def plot_report(outcomes: list[ScenarioResult], path: Path) -> None:
+    """Accuracy bars per scenario, then for each scenario a row of clean and patched examples with labels."""
+    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_examples = min(len(o.examples["x"]) for o in outcomes)
+    figure = plt.figure(figsize=(max(8, 1.3 * 2 * n_examples), 3 + 1.6 * len(outcomes)))
+    grid = figure.add_gridspec(1 + len(outcomes), 2 * n_examples, height_ratios=[2.2] + [1] * len(outcomes))
+    bars = figure.add_subplot(grid[0, :])
+    labels = ["\n".join(scenario_label(o.record["config"])) for o in outcomes]
+    positions = np.arange(len(outcomes))
+    benign = [o.record["results"]["benign_mean_categorical_accuracy"] for o in outcomes]
+    adversarial = [o.record["results"]["adversarial_mean_categorical_accuracy"] for o in outcomes]
+    bars.bar(positions - 0.2, benign, 0.4, label="benign")
+    bars.bar(positions + 0.2, adversarial, 0.4, label="adversarial")
+    bars.set_xticks(positions, labels, fontsize=7)
+    bars.set_ylim(0, 1)
+    bars.set_ylabel("accuracy")
+    bars.legend(fontsize=7)
+    for row, outcome in enumerate(outcomes, start=1):
+        e = outcome.examples
+        names = e["class_names"]
+
+        def name(label: int, names=names) -> str:
+            return "abstain" if label < 0 else str(names[label])
+
+        for i in range(n_examples):
+            _show(figure.add_subplot(grid[row, 2 * i]), e["x"][i], f"clean: {name(e['benign'][i])}")
+            _show(figure.add_subplot(grid[row, 2 * i + 1]), e["x_adv"][i], f"adv: {name(e['adversarial'][i])}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_reports(description: str, outcomes: list[ScenarioResult], output_dir: Path) -> dict[str, str]:
+    """Write ``results.json``, ``report.md`` and ``report.png`` into ``output_dir``; return their paths."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(outcomes)
+    files = {
+        "json": str(output_dir / "results.json"),
+        "markdown": str(output_dir / "report.md"),
+        "png": str(output_dir / "report.png"),
+    }
+    payload = {"_description": description, "scenarios": [o.record for o in outcomes]}
+    Path(files["json"]).write_text(json.dumps(payload, indent=2, default=_jsonable))
+    Path(files["markdown"]).write_text(f"# Evaluation\n\n{description}\n\n{table}\n\n![report](report.png)\n")
+    plot_report(outcomes, Path(files["png"]))
+    return files
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

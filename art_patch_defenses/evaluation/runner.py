@@ -1,0 +1,195 @@
+"""The Armory-style scenario runner: config in, results JSON (Armory's top level and metric names) out.
+
+Every attack is white-box against the estimator the scenario builds, defences included. The attacker's patch
+size, location rule and budget are copied into each result, beside the numbers they produced.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from art_patch_defenses import __version__
+from art_patch_defenses.data import load_dataset
+from art_patch_defenses.evaluation.config import load_config, resolve
+from art_patch_defenses.geometry import (
+    expand_masks,
+    paste_patch,
+    patch_area_fraction,
+    patch_masks,
+    patch_shape,
+    random_locations,
+)
+
+DEFAULT_SCENARIO = Path(__file__).with_name("default_scenario.json")
+N_EXAMPLES = 6
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's Armory-shaped record and the example images kept for the report."""
+
+    record: dict[str, Any]
+    examples: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def predict_labels(estimator, x: np.ndarray, batch_size: int, desc: str, verbose: bool = True) -> np.ndarray:
+    """Arg-max predictions in batches with a progress bar; an all-zero row (abstain or alert) gives -1."""
+    labels = []
+    for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not verbose, leave=False):
+        scores = estimator.predict(x[start : start + batch_size], batch_size=batch_size)
+        abstain = ~np.any(scores != 0, axis=1)
+        labels.append(np.where(abstain, -1, scores.argmax(1)))
+    return np.concatenate(labels)
+
+
+def build_estimator(config: dict, cache: dict | None = None):
+    """Build the scenario's ART estimator through the model block's factory, then attach its defence."""
+    model = config["model"]
+    key = repr((model, config.get("defense"), config.get("sysconfig")))
+    if cache is not None and key in cache:
+        return cache[key]
+    factory = resolve(model["module"], model["name"])
+    wrapper_kwargs = dict(model.get("wrapper_kwargs") or {})
+    device_type = (config.get("sysconfig") or {}).get("device_type")
+    if device_type:
+        wrapper_kwargs.setdefault("device_type", device_type)
+    estimator = factory(model.get("model_kwargs") or {}, wrapper_kwargs, model.get("weights_file"))
+    defense = config.get("defense")
+    if defense is not None:
+        component = resolve(defense["module"], defense["name"])
+        if defense["type"] == "Trainer":
+            raise ValueError("defense.type 'Trainer' needs a training scenario; this runner evaluates")
+        instance = component(**(defense.get("kwargs") or {}))
+        if defense["type"] == "Preprocessor":
+            estimator.set_params(preprocessing_defences=[*(estimator.preprocessing_defences or []), instance])
+        else:
+            estimator.set_params(postprocessing_defences=[*(estimator.postprocessing_defences or []), instance])
+    if cache is not None:
+        cache[key] = estimator
+    return estimator
+
+
+def _targets(attack: dict, y: np.ndarray) -> np.ndarray | None:
+    if not attack.get("targeted"):
+        return None
+    scheme = attack.get("targeted_labels") or {}
+    if scheme.get("scheme") != "fixed" or "value" not in scheme:
+        raise ValueError("a targeted attack needs targeted_labels {'scheme': 'fixed', 'value': <class>}")
+    return np.full_like(y, int(scheme["value"]))
+
+
+def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: bool = True):
+    """Run the scenario's attack; return adversarial images, the patch masks ``(n, H, W)`` and attack facts."""
+    attack, dataset = config["attack"], config["dataset"]
+    image_hw = x.shape[2:4]
+    shape = patch_shape(attack["patch_size"], image_hw)
+    seed = int(attack.get("seed", 0))
+    targets = _targets(attack, y)
+    if attack["location"] == "random":
+        locations = random_locations(len(x), image_hw, shape, seed)
+    else:
+        locations = np.tile(np.asarray(attack["location"], dtype=int), (len(x), 1))
+    component = resolve(attack["module"], attack["name"])
+    kwargs = dict(attack.get("kwargs") or {})
+    kwargs.setdefault("verbose", verbose)
+    if attack["type"] == "patch":
+        train = load_dataset(
+            dataset["name"], dataset.get("train_split", "train"), n=dataset.get("patch_train_n", 500),
+            seed=seed, root=dataset.get("root"), download=dataset.get("download", False),
+        )
+        target = None if targets is None else int(targets[0])
+        patch = component(estimator, train.x, train.y, patch_size=shape, target=target, **kwargs)
+        x_adv, masks = paste_patch(x, patch, locations)
+        facts = {"patch_trained_on": f"{len(train)} {dataset['name']} {dataset.get('train_split', 'train')} images"}
+    else:
+        masks = patch_masks(image_hw, shape, locations)
+        labels = targets if targets is not None else (y if attack.get("use_label", True) else None)
+        generate_kwargs = dict(attack.get("generate_kwargs") or {})
+        if isinstance(component, type):
+            instance = component(estimator, **kwargs)
+            x_adv = instance.generate(x, y=labels, mask=expand_masks(masks, x), **generate_kwargs)
+        else:
+            x_adv = component(estimator, x, expand_masks(masks, x), y=labels, **kwargs, **generate_kwargs)
+        facts = {}
+    facts.update(
+        patch_pixels=list(shape), patch_area_fraction=round(patch_area_fraction(shape, image_hw), 4),
+        location=attack["location"], location_seed=seed,
+    )
+    return x_adv.astype(np.float32), masks, facts
+
+
+def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) -> ScenarioResult:
+    """Evaluate one validated scenario config; return its Armory-shaped record and example images."""
+    start = time.time()
+    dataset = config["dataset"]
+    data = load_dataset(
+        dataset["name"], dataset.get("eval_split", "test"), n=dataset.get("n"), seed=dataset.get("seed", 0),
+        root=dataset.get("root"), download=dataset.get("download", False),
+    )
+    estimator = build_estimator(config, cache)
+    batch_size = int(dataset.get("batch_size", 128))
+    benign = predict_labels(estimator, data.x, batch_size, "benign", verbose)
+    x_adv, masks, facts = run_attack(estimator, config, data.x, data.y, verbose)
+    adversarial = predict_labels(estimator, x_adv, batch_size, "adversarial", verbose)
+    outside = ~expand_masks(masks, data.x).astype(bool)
+    results = {
+        "benign_mean_categorical_accuracy": float(np.mean(benign == data.y)),
+        "adversarial_mean_categorical_accuracy": float(np.mean(adversarial == data.y)),
+        "perturbation_mean_linf": float(np.abs(x_adv - data.x).reshape(len(x_adv), -1).max(1).mean()),
+        "max_change_outside_patch": float(np.abs(x_adv - data.x)[outside].max(initial=0.0)),
+        "abstain_rate_benign": float(np.mean(benign == -1)),
+        "num_samples": int(len(data)),
+        "seconds": round(time.time() - start, 2),
+        **facts,
+    }
+    if config["attack"].get("targeted"):
+        target = _targets(config["attack"], data.y)
+        results["adversarial_targeted_success_rate"] = float(np.mean(adversarial == target))
+    record = {
+        "armory_version": None,
+        "art_patch_defenses_version": __version__,
+        "config": config,
+        "results": results,
+        "timestamp": int(time.time()),
+    }
+    keep = slice(0, N_EXAMPLES)
+    examples = {
+        "x": data.x[keep], "x_adv": x_adv[keep], "y": data.y[keep], "benign": benign[keep],
+        "adversarial": adversarial[keep], "class_names": np.asarray(data.class_names),
+    }
+    return ScenarioResult(record=record, examples=examples)
+
+
+def scenario_label(config: dict) -> tuple[str, str, str]:
+    """Short (model, defence, attack) labels of a scenario for tables and plots."""
+    model = config["model"].get("model_kwargs", {}).get("name", config["model"]["name"])
+    defense = config["defense"]["name"] if config.get("defense") else "none"
+    return model, defense, config["attack"]["name"]
+
+
+def run_suite(
+    source: str | Path | dict | None = None, output_dir: str | Path | None = None, verbose: bool = True
+) -> dict:
+    """Run a config or suite (default: the embedded scenario); write JSON, Markdown and PNG reports.
+
+    :return: ``{"_description", "outcomes": [ScenarioResult, ...], "files": {...}}``.
+    """
+    from art_patch_defenses.evaluation.report import write_reports
+
+    suite = load_config(source if source is not None else DEFAULT_SCENARIO)
+    cache: dict = {}
+    outcomes = []
+    for config in suite["scenarios"]:
+        label = " / ".join(scenario_label(config))
+        if verbose:
+            print(f"scenario: {label}", flush=True)
+        outcomes.append(run_scenario(config, cache, verbose))
+    output_dir = Path(output_dir or Path("outputs") / time.strftime("evaluation-%Y%m%d-%H%M%S"))
+    files = write_reports(suite["_description"], outcomes, output_dir)
+    return {"_description": suite["_description"], "outcomes": outcomes, "files": files}

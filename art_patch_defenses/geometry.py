@@ -1,0 +1,105 @@
+"""Patch geometry shared by every method and attack: sizes, locations, masks and pasting.
+
+Conventions: images are NCHW (or NHWC with ``channels_first=False``); a location is the (row, column) of a
+patch's top-left pixel; a patch size is given in pixels (``int`` side or ``(height, width)``) or as a fraction of
+the image area (``float`` in (0, 1), square, side rounded to the nearest pixel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PatchSize = int | float | tuple[int, int]
+
+
+def patch_shape(size: PatchSize, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """Patch (height, width) in pixels for ``size`` on an image of ``image_hw``.
+
+    :param size: pixels (``int`` side or ``(h, w)``) or a fraction of the image area (``float`` in (0, 1)).
+    :raises ValueError: if the patch is empty or larger than the image.
+    """
+    height, width = image_hw
+    if isinstance(size, float):
+        if not 0.0 < size < 1.0:
+            raise ValueError(f"patch_size as a fraction of the image area must be in (0, 1), got {size}")
+        side = max(1, round(math.sqrt(size * height * width)))
+        shape = (side, side)
+    elif isinstance(size, (int, np.integer)):
+        shape = (int(size), int(size))
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        shape = (int(size[0]), int(size[1]))
+    else:
+        raise ValueError(f"patch_size must be an int, a float fraction or a (height, width) pair, got {size!r}")
+    if min(shape) < 1:
+        raise ValueError(f"patch_size must be at least one pixel, got {shape}")
+    if shape[0] > height or shape[1] > width:
+        raise ValueError(f"patch_size {shape} is larger than the image {tuple(image_hw)}")
+    return shape
+
+
+def patch_area_fraction(shape: tuple[int, int], image_hw: tuple[int, int]) -> float:
+    """Fraction of the image area a patch of ``shape`` covers."""
+    return shape[0] * shape[1] / (image_hw[0] * image_hw[1])
+
+
+def random_locations(
+    n: int, image_hw: tuple[int, int], shape: tuple[int, int], seed: int | np.random.Generator | None = 0
+) -> np.ndarray:
+    """``(n, 2)`` top-left (row, column) locations, uniform over every position where the patch fits."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rows = rng.integers(0, image_hw[0] - shape[0] + 1, size=n)
+    cols = rng.integers(0, image_hw[1] - shape[1] + 1, size=n)
+    return np.stack([rows, cols], axis=1)
+
+
+def all_locations(image_hw: tuple[int, int], shape: tuple[int, int], stride: int = 1) -> np.ndarray:
+    """Every top-left location on a grid of ``stride``, always including the far edges; ``(k, 2)``."""
+    def axis(length: int, size: int) -> list[int]:
+        starts = list(range(0, length - size + 1, stride))
+        if starts[-1] != length - size:
+            starts.append(length - size)
+        return starts
+
+    grid = np.array([(r, c) for r in axis(image_hw[0], shape[0]) for c in axis(image_hw[1], shape[1])])
+    return grid.reshape(-1, 2)
+
+
+def patch_masks(image_hw: tuple[int, int], shape: tuple[int, int], locations: np.ndarray) -> np.ndarray:
+    """Boolean masks ``(n, H, W)``, True on the patch at each location."""
+    locations = np.asarray(locations).reshape(-1, 2)
+    masks = np.zeros((len(locations), *image_hw), dtype=bool)
+    for mask, (row, col) in zip(masks, locations, strict=True):
+        if not (0 <= row <= image_hw[0] - shape[0] and 0 <= col <= image_hw[1] - shape[1]):
+            raise ValueError(f"patch location {(row, col)} puts a {shape} patch outside the image {image_hw}")
+        mask[row : row + shape[0], col : col + shape[1]] = True
+    return masks
+
+
+def expand_masks(masks: np.ndarray, x: np.ndarray, channels_first: bool = True) -> np.ndarray:
+    """Float masks with the layout of ``x`` (a channel axis repeated), as ART's ``mask=`` arguments take them."""
+    channel_axis = 1 if channels_first else 3
+    expanded = np.repeat(np.expand_dims(masks, channel_axis), x.shape[channel_axis], axis=channel_axis)
+    return expanded.astype(x.dtype)
+
+
+def paste_patch(
+    x: np.ndarray, patch: np.ndarray, locations: np.ndarray, channels_first: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste ``patch`` (CHW or HWC, like ``x``) into a copy of ``x`` at each sample's location.
+
+    :return: the patched images and the boolean masks ``(n, H, W)`` of the pasted pixels.
+    """
+    image_hw = x.shape[2:4] if channels_first else x.shape[1:3]
+    shape = patch.shape[1:3] if channels_first else patch.shape[0:2]
+    masks = patch_masks(tuple(image_hw), tuple(shape), locations)
+    full = expand_masks(masks, x, channels_first).astype(bool)
+    patched = x.copy()
+    for i, (row, col) in enumerate(np.asarray(locations).reshape(-1, 2)):
+        if channels_first:
+            patched[i, :, row : row + shape[0], col : col + shape[1]] = patch
+        else:
+            patched[i, row : row + shape[0], col : col + shape[1], :] = patch
+    assert np.array_equal(patched[~full], x[~full])
+    return patched, masks

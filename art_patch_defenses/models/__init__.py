@@ -1,0 +1,27 @@
+"""Models: CIFAR ResNets (He et al.), a small MNIST CNN, safe checkpoint loading and a name registry."""
+
+from art_patch_defenses.models.checkpoints import load_weights, read_state_dict, save_checkpoint, sha256_of
+from art_patch_defenses.models.cifar_resnet import CifarResNet, cifar_resnet
+from art_patch_defenses.models.mnist_cnn import MnistCNN
+from art_patch_defenses.models.registry import (
+    MODEL_REGISTRY,
+    build_model,
+    get_art_model,
+    get_spec,
+    make_classifier,
+)
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "CifarResNet",
+    "MnistCNN",
+    "build_model",
+    "cifar_resnet",
+    "get_art_model",
+    "get_spec",
+    "load_weights",
+    "make_classifier",
+    "read_state_dict",
+    "save_checkpoint",
+    "sha256_of",
+]

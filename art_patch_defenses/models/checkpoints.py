@@ -1,0 +1,86 @@
+"""Safe checkpoint loading and saving: ``weights_only=True``, sha256 verification, exact key matching."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+#: sha256 of the weight files the project knows, by file name. A known file whose hash differs is refused.
+KNOWN_SHA256 = {
+    "resnet20-12fca82f.th": "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+    "resnet56-4bfd9763.th": "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+}
+
+
+def sha256_of(path: str | Path) -> str:
+    """The hex sha256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path``, checking its sha256 first.
+
+    Accepts a bare state dict or a dict with a ``state_dict`` entry (the layout of the pretrained CIFAR
+    ResNets and of this project's checkpoints). The ``module.`` prefix of ``DataParallel`` saves is removed.
+
+    :param path: checkpoint file.
+    :param sha256: expected digest; defaults to :data:`KNOWN_SHA256` for known file names, else unchecked.
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises ValueError: if the digest does not match or the file holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    expected = sha256 or KNOWN_SHA256.get(path.name)
+    if expected is not None:
+        actual = sha256_of(path)
+        if actual != expected:
+            raise ValueError(f"checkpoint {path} has sha256 {actual}, expected {expected}: refusing to load it")
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    state = content.get("state_dict", content) if isinstance(content, Mapping) else None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path} holds no state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) -> nn.Module:
+    """Load ``path`` into ``model`` key for key; a missing, unexpected or mis-shaped key is a ``ValueError``."""
+    state = read_state_dict(path, sha256)
+    own = model.state_dict()
+    # Old BatchNorm saves lack the ``num_batches_tracked`` counter; it is bookkeeping, not a weight.
+    for key in set(own) - set(state):
+        if key.endswith("num_batches_tracked"):
+            state[key] = own[key]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"checkpoint {path} does not match {type(model).__name__}: "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+            f"wrong shapes {wrong_shape[:5]}"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, **metadata: Any) -> str:
+    """Save ``{"state_dict": ..., **metadata}`` (plain types only, loadable with ``weights_only=True``).
+
+    :return: the sha256 of the written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    torch.save({"state_dict": state, **metadata}, path)
+    return sha256_of(path)

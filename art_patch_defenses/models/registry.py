@@ -1,0 +1,167 @@
+"""A registry of the project's models, so that a config can name one, and the ART classifier factory.
+
+Weights are named by a short tag (``"pretrained"``: the shared He et al. weights; ``"finetuned"``: this
+project's JPEG fine-tuned checkpoints; ``"none"``: untrained) or given as a path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from art_patch_defenses.models.checkpoints import load_weights, save_checkpoint
+from art_patch_defenses.models.cifar_resnet import RESNET_DEPTHS, cifar_resnet
+from art_patch_defenses.models.mnist_cnn import MnistCNN
+from art_patch_defenses.paths import cache_dir, checkpoints_dir, shared_dir
+
+CIFAR10_MEAN = (0.485, 0.456, 0.406)
+CIFAR10_STD = (0.229, 0.224, 0.225)
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the project knows of a model: how to build it, its input, its normalisation and its weights."""
+
+    factory: Callable[[], nn.Module]
+    input_shape: tuple[int, int, int]
+    nb_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: dict[str, Callable[[], Path]]
+
+
+def _pretrained_resnet(depth: int) -> Callable[[], Path]:
+    names = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
+    return lambda: shared_dir() / "models" / "cifar10" / names[depth]
+
+
+def _finetuned_resnet(depth: int) -> Callable[[], Path]:
+    return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_finetuned.pt"
+
+
+def _resnet_spec(depth: int) -> ModelSpec:
+    weights = {}
+    if depth in (20, 56):
+        weights = {"pretrained": _pretrained_resnet(depth), "finetuned": _finetuned_resnet(depth)}
+    return ModelSpec(
+        factory=lambda: cifar_resnet(depth), input_shape=(3, 32, 32), nb_classes=10,
+        mean=CIFAR10_MEAN, std=CIFAR10_STD, weights=weights,
+    )
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {f"cifar_resnet{d}": _resnet_spec(d) for d in RESNET_DEPTHS}
+MNIST_CNN_EPOCHS = 5
+
+
+def _embedded_mnist_cnn() -> Path:
+    """Train the MNIST CNN on the embedded 4,000 training digits on first use and cache it (seconds on a CPU)."""
+    path = cache_dir() / f"mnist_cnn_embedded_e{MNIST_CNN_EPOCHS}.pt"
+    if not path.is_file():
+        from art_patch_defenses.data import load_dataset
+        from art_patch_defenses.models.training import train_classifier
+
+        torch.manual_seed(0)
+        train = load_dataset("mnist_embedded", "train")
+        model = train_classifier(
+            MnistCNN(), train.x, train.y, MNIST_MEAN, MNIST_STD, epochs=MNIST_CNN_EPOCHS, lr=0.05,
+            batch_size=64, flip=False, verbose=False,
+        )
+        save_checkpoint(model, path, arch="mnist_cnn", epochs=MNIST_CNN_EPOCHS)
+    return path
+
+
+MODEL_REGISTRY["mnist_cnn"] = ModelSpec(
+    factory=MnistCNN, input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN, std=MNIST_STD,
+    weights={"embedded": _embedded_mnist_cnn},
+)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a registered model name."""
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_REGISTRY))}")
+    return MODEL_REGISTRY[name]
+
+
+def weights_path(name: str, weights: str | Path) -> Path:
+    """Resolve a weights tag of model ``name`` (or a path) to a file path."""
+    spec = get_spec(name)
+    if isinstance(weights, str) and weights in spec.weights:
+        return spec.weights[weights]()
+    path = Path(weights)
+    if not path.suffix:
+        raise ValueError(
+            f"weights {weights!r} is neither a file path nor a known tag of {name!r}: "
+            f"{', '.join(['none', *spec.weights])}"
+        )
+    return path
+
+
+def build_model(name: str, weights: str | Path | None = None) -> nn.Module:
+    """Build registered model ``name`` in eval mode, loading ``weights`` (a tag, a path, or None/"none")."""
+    spec = get_spec(name)
+    model = spec.factory()
+    if weights is not None and weights != "none":
+        load_weights(model, weights_path(name, weights))
+    return model.eval()
+
+
+def make_classifier(
+    model: nn.Module, name: str | None = None, *, input_shape: tuple[int, ...] | None = None,
+    nb_classes: int | None = None, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+    device_type: str = "cpu", lr: float = 0.01,
+):
+    """Wrap ``model`` in an ART ``PyTorchClassifier`` with clip values (0, 1) and the model's normalisation.
+
+    Values not given are taken from the registry entry ``name``. The returned classifier takes NCHW float
+    inputs in [0, 1]; normalisation is ART's ``preprocessing=(mean, std)``, so attacks see raw pixels.
+    """
+    from art.estimators.classification import PyTorchClassifier
+
+    if name is not None:
+        spec = get_spec(name)
+        input_shape = input_shape or spec.input_shape
+        nb_classes = nb_classes or spec.nb_classes
+        mean, std = mean or spec.mean, std or spec.std
+    if input_shape is None or nb_classes is None:
+        raise ValueError("input_shape and nb_classes are needed when no registered model name is given")
+    channels = input_shape[0]
+    preprocessing = None
+    if mean is not None and std is not None:
+        preprocessing = (
+            torch.tensor(mean, dtype=torch.float32).reshape(channels, 1, 1).numpy(),
+            torch.tensor(std, dtype=torch.float32).reshape(channels, 1, 1).numpy(),
+        )
+    return PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+        input_shape=tuple(input_shape),
+        nb_classes=nb_classes,
+        clip_values=(0.0, 1.0),
+        preprocessing=preprocessing,
+        device_type=device_type,
+    )
+
+
+def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weights_path: str | None = None):
+    """Armory-style model factory: ``model_kwargs["name"]`` names a registered model.
+
+    ``weights_path`` (or ``model_kwargs["weights"]``) is a tag or a file; ``wrapper_kwargs`` go to
+    :func:`make_classifier` (e.g. ``device_type``).
+    """
+    model_kwargs = dict(model_kwargs)
+    name = model_kwargs.pop("name", None)
+    if name is None:
+        raise ValueError(f"model_kwargs needs 'name', one of {', '.join(sorted(MODEL_REGISTRY))}")
+    weights = weights_path or model_kwargs.pop("weights", None)
+    if model_kwargs:
+        raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: name, weights")
+    model = build_model(name, weights)
+    return make_classifier(model, name, **(wrapper_kwargs or {}))

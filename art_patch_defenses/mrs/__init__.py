@@ -1,0 +1,1 @@
+"""Mask-guided randomized smoothing (MRS): filled by issue 6; empty until then."""

@@ -1,0 +1,1 @@
+"""ScaleCert (NeurIPS 2021): filled by issue 7; empty until then."""

@@ -1,0 +1,57 @@
+"""What every benchmark shares: the result schema, the environment record, and writing + printing.
+
+Schema (every ``benchmarks/results/*.json``): ``benchmark``, ``command``, ``config``, ``results``,
+``environment``, ``timestamp``. ``config`` holds everything needed to reproduce the numbers (weights and
+their sha256, data slice, attacks and budgets, patch sizes and placement).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict:
+    import art
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "art": art.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def write_result(benchmark: str, config: dict, results: dict) -> Path:
+    """Write ``benchmarks/results/<benchmark>.json`` and print its results as a table."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": benchmark,
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "config": config,
+        "results": results,
+        "environment": environment(),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path = RESULTS_DIR / f"{benchmark}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    width = max(len(k) for k in results)
+    print(f"\n{benchmark}")
+    print(f"| {'metric'.ljust(width)} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for key, value in results.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"| {key.ljust(width)} | {shown} |")
+    print(f"written: {path}")
+    return path

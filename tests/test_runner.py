@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from art_patch_defenses.cli import main
+from art_patch_defenses.evaluation import DEFAULT_SCENARIO, load_config, run_suite
+
+TINY = {
+    "_description": "tiny",
+    "model": {"module": "art_patch_defenses.models", "name": "get_art_model",
+              "model_kwargs": {"name": "mnist_cnn", "weights": "embedded"}},
+    "dataset": {"name": "mnist_embedded", "n": 30, "seed": 0, "batch_size": 16},
+    "attack": {"module": "art.attacks.evasion", "name": "ProjectedGradientDescent", "type": "masked",
+               "patch_size": 0.05, "location": "random",
+               "kwargs": {"norm": "inf", "eps": 1.0, "eps_step": 0.1, "max_iter": 5, "num_random_init": 0}},
+}
+
+
+def test_tiny_config_writes_armory_shaped_results(tmp_path):
+    summary = run_suite(TINY, tmp_path, verbose=False)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    record = payload["scenarios"][0]
+    assert {"config", "results", "timestamp"} <= set(record)
+    results = record["results"]
+    assert results["num_samples"] == 30
+    assert results["max_change_outside_patch"] == 0.0
+    assert results["patch_pixels"] == [7, 7] and results["location"] == "random"
+    assert 0 <= results["adversarial_mean_categorical_accuracy"] <= results["benign_mean_categorical_accuracy"]
+    assert (tmp_path / "report.png").stat().st_size > 1000
+    assert "ProjectedGradientDescent" in (tmp_path / "report.md").read_text()
+    assert summary["files"]["json"].endswith("results.json")
+
+
+def test_universal_patch_scenario(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["attack"] = {"module": "art_patch_defenses.attacks", "name": "lavan_patch", "type": "patch",
+                        "patch_size": 8, "targeted": True, "targeted_labels": {"scheme": "fixed", "value": 1},
+                        "kwargs": {"max_iter": 5}}
+    config["dataset"]["patch_train_n"] = 40
+    record = run_suite(config, tmp_path, verbose=False)["outcomes"][0].record
+    assert "adversarial_targeted_success_rate" in record["results"]
+    assert record["results"]["patch_trained_on"].startswith("40 mnist_embedded train")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(atack={}), r"unknown config key\(s\) \['atack'\].*known keys"),
+        (lambda c: c["attack"].update(patchsize=3), r"unknown config key\(s\) \['patchsize'\] in attack"),
+        (lambda c: c["attack"].pop("patch_size"), "patch_size is required"),
+        (lambda c: c["attack"].update(type="sweep"), "attack.type must be one of"),
+        (lambda c: c.update(defense={"module": "x", "name": "y", "type": "Wrapper"}), "defense.type"),
+        (lambda c: c.pop("dataset"), "lacks the 'dataset' block"),
+    ],
+)
+def test_bad_configs_are_named(change, message):
+    config = json.loads(json.dumps(TINY))
+    change(config)
+    with pytest.raises(ValueError, match=message):
+        load_config(config)
+
+
+def test_bad_names_are_named(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["attack"]["module"] = "art_patch_defenses.nowhere"
+    with pytest.raises(ValueError, match="cannot import module"):
+        run_suite(config, tmp_path, verbose=False)
+    config = json.loads(json.dumps(TINY))
+    config["model"]["model_kwargs"]["name"] = "resnet9000"
+    with pytest.raises(ValueError, match="unknown model"):
+        run_suite(config, tmp_path, verbose=False)
+
+
+def test_default_scenario_is_a_valid_suite():
+    suite = load_config(DEFAULT_SCENARIO)
+    assert len(suite["scenarios"]) >= 2
+
+
+def test_cli_evaluate_prints_the_table(tmp_path, capsys):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    assert main(["evaluate", str(path), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| mnist_cnn | none | ProjectedGradientDescent | 7x7, 4.8% | 30 |" in out
+    assert main(["evaluate", str(tmp_path / "missing.json"), "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_embedded_default_scenario_runs(tmp_path):
+    summary = run_suite(None, tmp_path, verbose=False)
+    for outcome in summary["outcomes"]:
+        results = outcome.record["results"]
+        assert results["benign_mean_categorical_accuracy"] > 0.85
+        assert results["adversarial_mean_categorical_accuracy"] < results["benign_mean_categorical_accuracy"]
+        assert results["max_change_outside_patch"] == 0.0
