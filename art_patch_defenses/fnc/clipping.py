@@ -1,0 +1,192 @@
+"""Feature norm clipping (FNC): the layer, its insertion into CNNs, and BatchNorm re-estimation.
+
+Reference: C. Yu, J. Chen, Y. Xue, Y. Liu, W. Wan, J. Bao, H. Ma, "Defending against Universal Adversarial
+Patches by Clipping Feature Norms", ICCV 2021, https://openaccess.thecvf.com/content/ICCV2021/html/
+Yu_Defending_Against_Universal_Adversarial_Patches_by_Clipping_Feature_Norms_ICCV_2021_paper.html
+
+Threat model: a universal adversarial patch (empirical defence, no certificate). Universal patches produce
+feature vectors of very large norm at the patch location; FNC clips each position's channel vector to
+``alpha`` times the sample's mean feature norm at that layer (eq. 12), after every cascaded module.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from art_patch_defenses.models.training import normalise
+
+#: Zero-norm guard: positions whose feature vector is (numerically) zero are left as they are.
+NORM_EPS = 1e-12
+
+
+def _cascaded_module_types() -> tuple[type[nn.Module], ...]:
+    """Residual blocks, inverted residuals and inception modules of the supported architectures."""
+    from torchvision.models import inception, mobilenetv2, resnet
+
+    from art_patch_defenses.models.cifar_resnet import BasicBlock as CifarBasicBlock
+
+    return (
+        CifarBasicBlock,
+        resnet.BasicBlock,
+        resnet.Bottleneck,
+        mobilenetv2.InvertedResidual,
+        inception.InceptionA,
+        inception.InceptionB,
+        inception.InceptionC,
+        inception.InceptionD,
+        inception.InceptionE,
+    )
+
+
+class FeatureNormClipping(nn.Module):
+    """Eq. 12 of the paper: ``g_ij = f_ij / ||f_ij|| * min(||f_ij||, alpha * mean_hw ||f||)``.
+
+    Per sample and per spatial position, on ``(N, C, H, W)`` feature maps; the mean is over the sample's own
+    positions, never over the batch. Differentiable (eq. 13), no parameters. ``alpha = inf`` is the identity.
+    """
+
+    def __init__(self, alpha: float = 1.2) -> None:
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"alpha must be positive (inf disables clipping), got {alpha}")
+        self.alpha = float(alpha)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 4:
+            raise ValueError(f"FeatureNormClipping expects (N, C, H, W) features, got shape {tuple(features.shape)}")
+        if math.isinf(self.alpha):
+            return features
+        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)
+        threshold = self.alpha * norms.mean(dim=(2, 3), keepdim=True)
+        scale = torch.clamp(threshold / norms.clamp_min(NORM_EPS), max=1.0)
+        return features * scale
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+def _clip_block_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: pass a block's output through the FNC layer attached to it as ``module.fnc``."""
+    return module.fnc(output)
+
+
+def cascaded_modules(model: nn.Module) -> list[str]:
+    """Names of the cascaded modules (residual / inverted-residual / inception blocks), in forward order.
+
+    Auxiliary classifier heads (torchvision Inception's ``AuxLogits``) are not part of the cascade.
+    """
+    types = _cascaded_module_types()
+    return [name for name, m in model.named_modules() if isinstance(m, types) and not name.startswith("AuxLogits")]
+
+
+def spread_evenly(n_blocks: int, n_fnc: int) -> list[int]:
+    """Indices of ``n_fnc`` of ``n_blocks`` blocks: the last one always, the others evenly spaced before it.
+
+    This is the placement of the paper's ablation (Fig. 7b: "we keep the last residual block clipped and
+    other FNC layers uniformly inserted").
+    """
+    if not 1 <= n_fnc <= n_blocks:
+        raise ValueError(f"n_fnc must be in [1, {n_blocks}], got {n_fnc}")
+    return sorted({n_blocks - 1 - round(k * n_blocks / n_fnc) for k in range(n_fnc)})
+
+
+def insert_fnc(
+    model: nn.Module,
+    alpha: float = 1.2,
+    n_fnc: int | None = None,
+    insertion_points: Sequence[str] | None = None,
+) -> nn.Module:
+    """Return a copy of ``model`` with an FNC layer after each chosen module; ``model`` is left untouched.
+
+    :param alpha: clipping parameter (paper: 1.0-1.1 on ImageNet, 1.2 on CIFAR-10).
+    :param n_fnc: clip only this many of the cascaded modules (the last, and the rest evenly spaced);
+        default: all of them.
+    :param insertion_points: module names (as in ``model.named_modules()``) to clip after, for models whose
+        blocks are not found by type; overrides the automatic search.
+    :raises ValueError: if no insertion point is found or a named one does not exist.
+
+    The FNC layer is attached as a child ``fnc`` of each chosen module and applied by a forward hook, so the
+    state dict (and every checkpoint) of the model is unchanged.
+    """
+    clipped = copy.deepcopy(model)
+    modules = dict(clipped.named_modules())
+    if insertion_points is not None:
+        names = list(insertion_points)
+        unknown = [name for name in names if name not in modules or name == ""]
+        if unknown:
+            raise ValueError(f"insertion_points {unknown} are not modules of {type(model).__name__}")
+    else:
+        names = cascaded_modules(clipped)
+        if not names:
+            raise ValueError(
+                f"no residual, inverted-residual or inception block found in {type(model).__name__}; "
+                "pass insertion_points=[module names]"
+            )
+    if n_fnc is not None:
+        names = [names[i] for i in spread_evenly(len(names), n_fnc)]
+    for name in names:
+        module = modules[name]
+        if hasattr(module, "fnc"):
+            raise ValueError(f"module {name!r} already has an FNC layer")
+        module.fnc = FeatureNormClipping(alpha)
+        module.register_forward_hook(_clip_block_output)
+    return clipped
+
+
+def fnc_layers(model: nn.Module) -> list[FeatureNormClipping]:
+    """The FNC layers of a model, in module order."""
+    return [m for m in model.modules() if isinstance(m, FeatureNormClipping)]
+
+
+def set_alpha(model: nn.Module, alpha: float) -> None:
+    """Change the clipping parameter of every FNC layer of ``model`` in place."""
+    layers = fnc_layers(model)
+    if not layers:
+        raise ValueError("the model has no FNC layer")
+    for layer in layers:
+        layer.alpha = FeatureNormClipping(alpha).alpha
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    x: np.ndarray,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 256,
+    verbose: bool = True,
+) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics with one pass over ``x`` (the paper's step after
+    inserting FNC). Statistics are the exact average over the pass (``momentum=None``). Returns ``model`` in
+    eval mode; its weights are not changed.
+
+    :param x: training images in [0, 1], NCHW.
+    :param mean: normalisation the model expects (as the estimator's ``preprocessing``), if any.
+    """
+    if len(x) == 0:
+        raise ValueError("x is empty: BatchNorm statistics need data")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    device = next(model.parameters()).device
+    model.train()
+    try:
+        for start in tqdm(range(0, len(x), batch_size), desc="BatchNorm re-estimation", disable=not verbose):
+            batch = torch.from_numpy(x[start : start + batch_size]).to(device)
+            if mean is not None and std is not None:
+                batch = normalise(batch, tuple(mean), tuple(std))
+            model(batch)
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+        model.eval()
+    return model

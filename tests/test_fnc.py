@@ -1,0 +1,188 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from art.metrics.gradient_check import loss_gradient_check
+from torch import nn
+
+from art_patch_defenses.fnc import (
+    FeatureNormClipping,
+    PyTorchFNCClassifier,
+    cascaded_modules,
+    fnc_classifier,
+    fnc_layers,
+    get_art_model,
+    insert_fnc,
+    recalibrate_batchnorm,
+    spread_evenly,
+)
+from art_patch_defenses.models import MnistCNN, cifar_resnet, make_classifier
+
+
+def literal_fnc(features: np.ndarray, alpha: float) -> np.ndarray:
+    """Eq. 12 written out position by position: the test oracle."""
+    n, c, h, w = features.shape
+    out = np.zeros_like(features)
+    for s in range(n):
+        norms = [[np.sqrt(sum(features[s, k, i, j] ** 2 for k in range(c))) for j in range(w)] for i in range(h)]
+        mean = sum(sum(row) for row in norms) / (h * w)
+        for i in range(h):
+            for j in range(w):
+                norm = norms[i][j]
+                if norm > 0:
+                    out[s, :, i, j] = features[s, :, i, j] / norm * min(norm, alpha * mean)
+    return out
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 1.2, 3.0])
+def test_layer_matches_the_literal_equation(alpha):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(3, 5, 4, 6))
+    features[0, :, 1, 2] *= 20  # a patch-like large-norm position
+    features[1, :, 0, 0] = 0  # a zero vector
+    got = FeatureNormClipping(alpha)(torch.from_numpy(features)).numpy()
+    np.testing.assert_allclose(got, literal_fnc(features, alpha), rtol=1e-12, atol=1e-12)
+    assert np.linalg.norm(got, axis=1).max() <= alpha * np.linalg.norm(features, axis=1).mean(axis=(1, 2)).max() + 1e-9
+
+
+def test_zero_features_give_zero_output_and_finite_gradients():
+    features = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    out = FeatureNormClipping(1.0)(features)
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isfinite(features.grad).all()
+
+
+def test_layer_is_per_sample_not_per_batch():
+    rng = np.random.default_rng(2)
+    features = torch.from_numpy(rng.normal(size=(4, 3, 5, 5)))
+    alone = FeatureNormClipping(1.0)(features[:1])
+    together = FeatureNormClipping(1.0)(torch.cat([features[:1], 100 * features[1:]]))[:1]
+    torch.testing.assert_close(alone, together)
+
+
+def test_bad_alpha_and_shape_are_named():
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        FeatureNormClipping(0.0)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        FeatureNormClipping(1.0)(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize(
+    "build, expected",
+    [
+        (lambda: cifar_resnet(20), 9),
+        (lambda: cifar_resnet(56), 27),
+        (lambda: __import__("torchvision").models.resnet18(weights=None), 8),
+        (lambda: __import__("torchvision").models.resnet50(weights=None), 16),
+        (lambda: __import__("torchvision").models.mobilenet_v2(weights=None), 17),
+        (lambda: __import__("torchvision").models.inception_v3(weights=None, init_weights=False), 11),
+    ],
+    ids=["cifar_resnet20", "cifar_resnet56", "resnet18", "resnet50", "mobilenet_v2", "inception_v3"],
+)
+def test_insertion_finds_every_cascaded_module_and_leaves_the_input_model_alone(build, expected):
+    model = build().eval()
+    keys = list(model.state_dict())
+    defended = insert_fnc(model, alpha=1.1)
+    assert len(cascaded_modules(model)) == expected
+    assert len(fnc_layers(defended)) == expected
+    assert fnc_layers(model) == [] and list(model.state_dict()) == keys == list(defended.state_dict())
+
+
+def test_insertion_changes_the_forward_pass_and_alpha_inf_restores_it():
+    torch.manual_seed(0)
+    model = cifar_resnet(20).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+        assert not torch.allclose(insert_fnc(model, 0.8)(x), plain)
+        assert torch.equal(insert_fnc(model, math.inf)(x), plain)
+
+
+def test_n_fnc_keeps_the_last_block_and_spreads_the_rest():
+    assert spread_evenly(9, 1) == [8]
+    assert spread_evenly(9, 3) == [2, 5, 8]
+    assert spread_evenly(27, 27) == list(range(27))
+    defended = insert_fnc(cifar_resnet(20), n_fnc=3)
+    names = [n for n, m in defended.named_modules() if hasattr(m, "fnc") and isinstance(m.fnc, FeatureNormClipping)]
+    assert names == ["layer1.2", "layer2.2", "layer3.2"]
+    with pytest.raises(ValueError, match="n_fnc must be in"):
+        spread_evenly(9, 10)
+
+
+def test_explicit_insertion_points_and_errors():
+    defended = insert_fnc(MnistCNN(), insertion_points=["features.1", "features.4"])
+    assert len(fnc_layers(defended)) == 2
+    with pytest.raises(ValueError, match="not modules of"):
+        insert_fnc(MnistCNN(), insertion_points=["features.99"])
+    with pytest.raises(ValueError, match="no residual"):
+        insert_fnc(MnistCNN())
+    with pytest.raises(ValueError, match="already has an FNC layer"):
+        insert_fnc(defended, insertion_points=["features.1"])
+
+
+@pytest.fixture(scope="module")
+def resnet_classifiers():
+    torch.manual_seed(0)
+    base = make_classifier(cifar_resnet(20).eval(), "cifar_resnet20")
+    return base, fnc_classifier(base, alpha=1.0)
+
+
+def test_classifier_alpha_inf_reproduces_the_undefended_outputs_exactly(resnet_classifiers):
+    base, _ = resnet_classifiers
+    x = np.random.default_rng(0).random((6, 3, 32, 32), dtype=np.float32)
+    unclipped = fnc_classifier(base, alpha=math.inf)
+    assert np.array_equal(unclipped.predict(x), base.predict(x))
+
+
+def test_classifier_keeps_the_estimator_settings_and_the_input_untouched(resnet_classifiers):
+    base, defended = resnet_classifiers
+    assert isinstance(defended, PyTorchFNCClassifier) and defended.fnc_layer_count == 9
+    np.testing.assert_array_equal(defended.clip_values, base.clip_values)
+    assert defended.input_shape == base.input_shape
+    np.testing.assert_array_equal(defended.preprocessing.mean, base.preprocessing.mean)
+    assert fnc_layers(base.model) == []
+
+
+def test_classifier_batch_independence_and_finite_gradients(resnet_classifiers):
+    _, defended = resnet_classifiers
+    x = np.random.default_rng(1).random((8, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(defended.predict(x[:1]), defended.predict(x)[:1], rtol=1e-5, atol=1e-5)
+    y = defended.predict(x).argmax(1)
+    bad = loss_gradient_check(defended, x, np.eye(10)[y], verbose=False)  # ART 1.20 wants one-hot here
+    assert not bad.any()
+
+
+def test_set_params_changes_alpha_in_place_and_validates(resnet_classifiers):
+    base, _ = resnet_classifiers
+    defended = fnc_classifier(base, alpha=1.0)
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    defended.set_params(alpha=math.inf)
+    assert all(layer.alpha == math.inf for layer in fnc_layers(defended.model))
+    assert np.array_equal(defended.predict(x), base.predict(x))
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        defended.set_params(alpha=-1.0)
+    with pytest.raises(ValueError, match="n_fnc is fixed"):
+        defended.set_params(n_fnc=2)
+
+
+def test_batchnorm_recalibration_is_one_exact_pass():
+    torch.manual_seed(0)
+    model = insert_fnc(cifar_resnet(20))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    x = np.random.default_rng(0).random((64, 3, 32, 32), dtype=np.float32)
+    recalibrate_batchnorm(model, x, batch_size=16, verbose=False)
+    with torch.no_grad():
+        first = model.conv1(torch.from_numpy(x))
+    torch.testing.assert_close(model.bn1.running_mean, first.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not model.training and model.bn1.momentum == nn.BatchNorm2d(1).momentum
+    for key, value in weights.items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_armory_factory_builds_an_fnc_classifier(mnist_classifier):
+    classifier = get_art_model(
+        {"name": "mnist_cnn", "weights": "embedded", "alpha": 1.5, "insertion_points": ["features.1", "features.4"]}
+    )
+    assert isinstance(classifier, PyTorchFNCClassifier) and classifier.alpha == 1.5
+    assert classifier.fnc_layer_count == 2
