@@ -99,6 +99,16 @@ def test_insertion_changes_the_forward_pass_and_alpha_inf_restores_it():
         assert torch.equal(insert_fnc(model, math.inf)(x), plain)
 
 
+def test_in_place_inference_path_equals_the_differentiable_path():
+    torch.manual_seed(0)
+    defended = insert_fnc(cifar_resnet(20).eval(), alpha=0.9)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        fast = defended(x)
+    slow = defended(x.clone().requires_grad_(True))
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_n_fnc_keeps_the_last_block_and_spreads_the_rest():
     assert spread_evenly(9, 1) == [8]
     assert spread_evenly(9, 3) == [2, 5, 8]
