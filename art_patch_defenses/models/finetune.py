@@ -35,7 +35,8 @@ def finetune_cifar_resnet(
         log_lines.append(line)
         log_path.write_text("\n".join(log_lines) + "\n")
 
-    log(f"command: {' '.join(sys.argv)}")
+    command = "python -m art_patch_defenses.models.finetune " + " ".join(sys.argv[1:])
+    log(f"command: {command}")
     torch.manual_seed(seed)
     train = load_dataset("cifar10", "train", root=data_root)
     test = load_dataset("cifar10", "test", root=data_root)
@@ -60,7 +61,15 @@ def finetune_cifar_resnet(
         "seconds": round(time.time() - start),
     }
     log(json.dumps(summary))
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
     return summary
+
+
+def record_checkpoint(record_path: Path, name: str, summary: dict, command: str) -> None:
+    """Add (or replace) a checkpoint's entry in the ``checkpoints.json`` record: sha256, command, figures."""
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record[name] = {**summary, "command": command, "log": Path(name).with_suffix(".log").name}
+    record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,1 +1,21 @@
-"""PatchZero (WACV 2023): filled by issue 4; empty until then."""
+"""PatchZero (Xu et al., WACV 2023): detect adversarial patch pixels with a PSPNet and repaint them.
+
+- :class:`PatchZero`: the ART ``PreprocessorPyTorch`` (hard result in value, BPDA gradient in ``forward``).
+- :func:`build_detector` / :func:`load_detector`: the segmentation-models-pytorch PSPNet detector.
+- :func:`train_patchzero`: the two-stage (downstream-only, then online BPDA) detector training.
+"""
+
+from art_patch_defenses.patchzero.detector import build_detector, detector_logits, detector_loss, load_detector
+from art_patch_defenses.patchzero.preprocessor import PatchZero, dilate
+from art_patch_defenses.patchzero.training import PatchZeroTrainingConfig, train_patchzero
+
+__all__ = [
+    "PatchZero",
+    "PatchZeroTrainingConfig",
+    "build_detector",
+    "detector_logits",
+    "detector_loss",
+    "dilate",
+    "load_detector",
+    "train_patchzero",
+]
