@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from art_patch_defenses.cli import main
@@ -93,3 +94,34 @@ def test_embedded_default_scenario_runs(tmp_path):
         assert results["benign_mean_categorical_accuracy"] > 0.85
         assert results["adversarial_mean_categorical_accuracy"] < results["benign_mean_categorical_accuracy"]
         assert results["max_change_outside_patch"] == 0.0
+
+
+def test_mask_metrics_on_hand_counted_masks():
+    from art_patch_defenses.evaluation.metrics import mask_precision_recall_f1
+
+    true = np.zeros((1, 4, 4), bool)
+    true[0, :2, :2] = True  # 4 pixels
+    predicted = np.zeros_like(true)
+    predicted[0, :2, :3] = True  # 6 pixels, 4 of them right
+    quality = mask_precision_recall_f1(predicted, true)
+    assert quality == pytest.approx({"precision": 4 / 6, "recall": 1.0, "f1": 0.8})
+    assert mask_precision_recall_f1(np.zeros_like(true), true)["f1"] == 0.0
+
+
+def test_preprocessor_defence_from_config_reports_detection_quality(tmp_path):
+    import torch
+
+    from art_patch_defenses.models import save_checkpoint
+    from art_patch_defenses.patchzero import build_detector
+
+    torch.manual_seed(0)
+    path = tmp_path / "detector.pt"
+    save_checkpoint(build_detector(in_channels=1), path, detector={"in_channels": 1}, fill_value=[0.1])
+    config = json.loads(json.dumps(TINY))
+    config["defense"] = {"module": "art_patch_defenses.patchzero", "name": "PatchZero.from_checkpoint",
+                         "kwargs": {"path": str(path), "bpda": True}, "type": "Preprocessor"}
+    outcome = run_suite(config, tmp_path / "out", verbose=False)["outcomes"][0]
+    results = outcome.record["results"]
+    assert {"detector_precision", "detector_recall", "detector_f1"} <= set(results)
+    assert results["max_change_outside_patch"] == 0.0
+    assert "PatchZero.from_checkpoint" in (tmp_path / "out" / "report.md").read_text()

@@ -113,11 +113,14 @@ def load_config(source: str | Path | dict) -> dict:
 
 
 def resolve(module: str, name: str) -> Any:
-    """Import ``module`` and return its attribute ``name``, with an error that says which one failed."""
+    """Import ``module`` and return its attribute ``name`` (dotted names such as ``Class.method`` work), with
+    an error that says which part failed."""
     try:
-        imported = importlib.import_module(module)
+        found: Any = importlib.import_module(module)
     except ImportError as error:
         raise ValueError(f"cannot import module {module!r}: {error}") from error
-    if not hasattr(imported, name):
-        raise ValueError(f"module {module!r} has no attribute {name!r}")
-    return getattr(imported, name)
+    for part in name.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"module {module!r} has no attribute {name!r}")
+        found = getattr(found, part)
+    return found

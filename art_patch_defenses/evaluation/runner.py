@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from art_patch_defenses import __version__
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.evaluation.config import load_config, resolve
+from art_patch_defenses.evaluation.metrics import mask_precision_recall_f1
 from art_patch_defenses.geometry import (
     expand_masks,
     paste_patch,
@@ -148,6 +149,10 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
         "seconds": round(time.time() - start, 2),
         **facts,
     }
+    for defence in estimator.preprocessing_defences or []:
+        if hasattr(defence, "masks"):  # a patch detector: how well it found the attacker's patch
+            quality = mask_precision_recall_f1(defence.masks(x_adv), masks)
+            results.update({f"detector_{name}": value for name, value in quality.items()})
     if config["attack"].get("targeted"):
         target = _targets(config["attack"], data.y)
         results["adversarial_targeted_success_rate"] = float(np.mean(adversarial == target))
@@ -169,7 +174,12 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
 def scenario_label(config: dict) -> tuple[str, str, str]:
     """Short (model, defence, attack) labels of a scenario for tables and plots."""
     model = config["model"].get("model_kwargs", {}).get("name", config["model"]["name"])
-    defense = config["defense"]["name"] if config.get("defense") else "none"
+    if config.get("defense"):
+        defense = config["defense"]["name"]
+    elif config["model"]["module"] != "art_patch_defenses.models":  # a model-wrapping defence's factory
+        defense = config["model"]["module"].rsplit(".", 1)[-1]
+    else:
+        defense = "none"
     return model, defense, config["attack"]["name"]
 
 

@@ -27,6 +27,20 @@ from torch import nn
 from art_patch_defenses.patchzero.detector import detector_logits, load_detector
 
 
+def _locate_checkpoint(path: str | Path, sha256: str | None) -> tuple[Path, str | None]:
+    import json
+
+    from art_patch_defenses.paths import checkpoints_dir
+
+    path = Path(path)
+    if path.parent == Path(".") and not path.is_file():
+        record_file = checkpoints_dir() / "checkpoints.json"
+        path = checkpoints_dir() / path
+        if sha256 is None and record_file.is_file():
+            sha256 = json.loads(record_file.read_text()).get(path.name, {}).get("sha256")
+    return path, sha256
+
+
 def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     """Morphological dilation of ``(N, 1, H, W)`` masks by ``pixels`` (a square max-pool); differentiable."""
     if pixels == 0:
@@ -74,7 +88,12 @@ class PatchZero(PreprocessorPyTorch):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, sha256: str | None = None, **kwargs: Any) -> PatchZero:
-        """Load a detector checkpoint written by the trainer; ``fill_value`` defaults to the one stored in it."""
+        """Load a detector checkpoint written by the trainer; ``fill_value`` defaults to the one stored in it.
+
+        A bare file name is looked up in the project's ``checkpoints/`` and checked against the sha256 that
+        ``checkpoints/checkpoints.json`` records for it.
+        """
+        path, sha256 = _locate_checkpoint(path, sha256)
         content = torch.load(path, map_location="cpu", weights_only=True)
         if "fill_value" not in kwargs:
             if "fill_value" not in content:
