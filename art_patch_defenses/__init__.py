@@ -1,3 +1,33 @@
-"""art-patch-defenses: adversarial patch defences as components of IBM's Adversarial Robustness Toolbox."""
+"""art-patch-defenses: adversarial patch defences as components of IBM's Adversarial Robustness Toolbox.
+
+The public components are imported lazily (``from art_patch_defenses import PatchZero``), so importing the
+package itself does not import torch or ART.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_COMPONENTS = {
+    "FeatureNormClipping": "art_patch_defenses.fnc",
+    "PyTorchFNCClassifier": "art_patch_defenses.fnc",
+    "fnc_classifier": "art_patch_defenses.fnc",
+    "insert_fnc": "art_patch_defenses.fnc",
+    "PatchZero": "art_patch_defenses.patchzero",
+    "MaskedAutoPGD": "art_patch_defenses.attacks",
+    "masked_pgd": "art_patch_defenses.attacks",
+    "adversarial_patch": "art_patch_defenses.attacks",
+    "lavan_patch": "art_patch_defenses.attacks",
+    "run_suite": "art_patch_defenses.evaluation",
+}
+
+__all__ = ["__version__", *_COMPONENTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _COMPONENTS:
+        return getattr(importlib.import_module(_COMPONENTS[name]), name)
+    raise AttributeError(f"module 'art_patch_defenses' has no attribute {name!r}")

@@ -125,3 +125,12 @@ def test_preprocessor_defence_from_config_reports_detection_quality(tmp_path):
     assert {"detector_precision", "detector_recall", "detector_f1"} <= set(results)
     assert results["max_change_outside_patch"] == 0.0
     assert "PatchZero.from_checkpoint" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_package_exposes_its_components_lazily():
+    import art_patch_defenses
+
+    assert art_patch_defenses.PatchZero.__name__ == "PatchZero"
+    assert callable(art_patch_defenses.fnc_classifier)
+    with pytest.raises(AttributeError):
+        art_patch_defenses.NoSuchThing  # noqa: B018
