@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from art.attacks.attack import EvasionAttack
 from art.attacks.evasion import AutoProjectedGradientDescent, ProjectedGradientDescent
 from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+from art.estimators.classification.classifier import ClassifierMixin
+from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 from tqdm.auto import tqdm
 
 from art_patch_defenses.validation import check_images, check_labels
@@ -92,7 +95,7 @@ class RestrictToMask(PreprocessorPyTorch):
         return self.x_clean * (1 - self.mask) + x * self.mask, y
 
 
-class MaskedAutoPGD:
+class MaskedAutoPGD(EvasionAttack):
     """AutoPGD (Croce & Hein 2020, https://arxiv.org/abs/2003.01690) confined to a per-sample patch mask.
 
     Runs ART's ``AutoProjectedGradientDescent`` on chunks of ``batch_size`` samples, each with a
@@ -105,13 +108,16 @@ class MaskedAutoPGD:
     which would drop the defence.
     """
 
-    attack_params = ["eps", "eps_step", "max_iter", "nb_random_init", "targeted", "batch_size", "verbose"]
+    attack_params = EvasionAttack.attack_params + [
+        "eps", "eps_step", "max_iter", "nb_random_init", "targeted", "batch_size", "verbose",
+    ]
+    _estimator_requirements = (BaseEstimator, LossGradientsMixin, ClassifierMixin)
 
     def __init__(
-        self, estimator, eps: float = 1.0, eps_step: float = 0.2, max_iter: int = 100, nb_random_init: int = 1,
+        self, estimator, eps: float = 1.0, eps_step: float = 0.25, max_iter: int = 100, nb_random_init: int = 1,
         targeted: bool = False, batch_size: int = 64, verbose: bool = True,
     ) -> None:
-        self.estimator = estimator
+        super().__init__(estimator=estimator)
         self.eps, self.eps_step, self.max_iter = eps, eps_step, max_iter
         self.nb_random_init, self.targeted = nb_random_init, targeted
         self.batch_size, self.verbose = batch_size, verbose
