@@ -24,10 +24,22 @@ from art_patch_defenses.paths import checkpoints_dir
 
 def finetune_cifar_resnet(
     depth: int, epochs: int, lr: float, batch_size: int, out: Path, data_root: str | None = None, seed: int = 0,
+    init: str = "pretrained",
 ) -> dict:
-    """Fine-tune ``cifar_resnet<depth>`` from its pretrained weights and save it to ``out``."""
+    """Fine-tune ``cifar_resnet<depth>`` from ``init`` (a weights tag or path) and save it to ``out``.
+
+    Continuing from an earlier fine-tuned file (``init="finetuned"``) keeps that run's record under
+    ``history`` in ``checkpoints.json`` and its log as ``<name>.part<k>.log``.
+    """
     name = f"cifar_resnet{depth}"
     log_path = out.with_suffix(".log")
+    previous_log = None
+    if init != "pretrained" and log_path.is_file():
+        part = 1
+        while log_path.with_suffix(f".part{part}.log").is_file():
+            part += 1
+        previous_log = log_path.with_suffix(f".part{part}.log")
+        log_path.rename(previous_log)
     log_lines: list[str] = []
 
     def log(line: str) -> None:
@@ -40,9 +52,9 @@ def finetune_cifar_resnet(
     torch.manual_seed(seed)
     train = load_dataset("cifar10", "train", root=data_root)
     test = load_dataset("cifar10", "test", root=data_root)
-    model = build_model(name, "pretrained")
+    model = build_model(name, init)
     before = accuracy(model, test.x, test.y, CIFAR10_MEAN, CIFAR10_STD)
-    log(f"{name} pretrained: test accuracy {before:.4f} on {len(test)} shared test images")
+    log(f"{name} from {init}: test accuracy {before:.4f} on {len(test)} shared test images")
     start = time.time()
     train_classifier(
         model, train.x, train.y, CIFAR10_MEAN, CIFAR10_STD, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -56,19 +68,32 @@ def finetune_cifar_resnet(
     )
     summary = {
         "model": name, "checkpoint": out.name, "sha256": sha, "epochs": epochs, "lr": lr,
-        "batch_size": batch_size, "seed": seed, "test_accuracy_pretrained": before,
+        "batch_size": batch_size, "seed": seed, "init": init, "test_accuracy_init": before,
         "test_accuracy_finetuned": after, "test_images": len(test), "train_images": len(train),
         "seconds": round(time.time() - start),
     }
     log(json.dumps(summary))
-    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command,
+                      previous_log=previous_log.name if previous_log else None)
     return summary
 
 
-def record_checkpoint(record_path: Path, name: str, summary: dict, command: str) -> None:
-    """Add (or replace) a checkpoint's entry in the ``checkpoints.json`` record: sha256, command, figures."""
+def record_checkpoint(
+    record_path: Path, name: str, summary: dict, command: str, previous_log: str | None = None
+) -> None:
+    """Add (or replace) a checkpoint's entry in the ``checkpoints.json`` record: sha256, command, figures.
+
+    When the run continued from the file's previous version, that version's entry moves under ``history``
+    (with its log renamed to ``previous_log``).
+    """
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record[name] = {**summary, "command": command, "log": Path(name).with_suffix(".log").name}
+    entry = {**summary, "command": command, "log": Path(name).with_suffix(".log").name}
+    previous = record.get(name)
+    if previous is not None and summary.get("init") not in (None, "pretrained"):
+        if previous_log:
+            previous["log"] = previous_log
+        entry["history"] = [*previous.pop("history", []), previous]
+    record[name] = entry
     record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -81,9 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="ImageFolder root (default ../shared/data/cifar10)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--init", default="pretrained", help="weights to start from: a tag or a path")
     args = parser.parse_args(argv)
     out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_finetuned.pt"
-    finetune_cifar_resnet(args.depth, args.epochs, args.lr, args.batch_size, out, args.data_root, args.seed)
+    finetune_cifar_resnet(
+        args.depth, args.epochs, args.lr, args.batch_size, out, args.data_root, args.seed, args.init
+    )
 
 
 if __name__ == "__main__":
