@@ -103,3 +103,38 @@ def paste_patch(
             patched[i, row : row + shape[0], col : col + shape[1], :] = patch
     assert np.array_equal(patched[~full], x[~full])
     return patched, masks
+
+
+def feature_window(patch: int, receptive_field: int, stride: int) -> int:
+    """Side of the feature-space window a ``patch``-pixel patch can touch: ``ceil((p + r - 1) / s)``.
+
+    A feature whose receptive field (``receptive_field`` pixels, features ``stride`` pixels apart) overlaps the
+    patch lies in a window of this many features (PatchGuard, section 3.4).
+    """
+    if min(patch, receptive_field, stride) < 1:
+        raise ValueError(
+            f"patch, receptive_field and stride must be positive, got {patch}, {receptive_field}, {stride}"
+        )
+    return math.ceil((patch + receptive_field - 1) / stride)
+
+
+def window_masks(map_hw: tuple[int, int], window_hw: tuple[int, int], wrap: tuple[bool, bool] = (False, False)
+                 ) -> np.ndarray:
+    """Boolean cell masks ``(P, X, Y)`` of every placement (stride 1) of a window on a feature map.
+
+    A window larger than the map along an axis covers the whole axis (one placement). With ``wrap`` along an
+    axis, placements start at every cell and run around the edge (de-randomized smoothing column bands).
+    """
+    axes = []
+    for length, size, around in zip(map_hw, window_hw, wrap, strict=True):
+        if size < 1:
+            raise ValueError(f"window sides must be positive, got {window_hw}")
+        size = min(size, length)
+        if around and size < length:
+            axes.append([(np.arange(start, start + size) % length) for start in range(length)])
+        else:
+            axes.append([np.arange(start, start + size) for start in range(length - size + 1)])
+    masks = np.zeros((len(axes[0]) * len(axes[1]), *map_hw), dtype=bool)
+    for k, (rows, cols) in enumerate((r, c) for r in axes[0] for c in axes[1]):
+        masks[k][np.ix_(rows, cols)] = True
+    return masks

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from art_patch_defenses.geometry import feature_window, window_masks
+from art_patch_defenses.robust_masking import certify, certify_reference, masked_evidence, robust_predict
+
+
+@pytest.mark.parametrize(
+    "patch, field, stride, expected",
+    [(5, 17, 8, 3), (2, 17, 8, 3), (1, 1, 1, 1), (5, 1, 1, 5), (32, 9, 4, 10), (8, 9, 8, 2), (9, 9, 8, 3)],
+)
+def test_feature_window_hand_worked(patch, field, stride, expected):
+    # e.g. patch 5, field 17, stride 8: (5 + 17 - 1) / 8 = 2.6 -> 3 features
+    assert feature_window(patch, field, stride) == expected
+
+
+def test_window_masks_count_and_wrap():
+    assert window_masks((4, 4), (2, 2)).shape == (9, 4, 4)
+    assert window_masks((4, 4), (9, 9)).shape == (1, 4, 4)
+    bands = window_masks((1, 6), (1, 3), (False, True))
+    assert bands.shape == (6, 1, 6) and bands.sum(axis=(1, 2)).tolist() == [3] * 6
+    assert bands[5, 0].tolist() == [True, True, False, False, False, True]
+
+
+def test_inference_masks_the_largest_window_per_class():
+    u = np.zeros((1, 3, 3, 2))
+    u[0, :, :, 0] = 1.0  # class 0: 9 spread evenly
+    u[0, 0, 0, 1] = 20.0  # class 1: 20 concentrated in one cell, a patch-like outlier
+    windows = window_masks((3, 3), (1, 1))
+    assert robust_predict(u, windows, threshold=0.0).tolist() == [0]
+    evidence = masked_evidence(torch.from_numpy(u), torch.from_numpy(windows.astype(float)), 0.0)
+    assert evidence[0].tolist() == [8.0, 0.0]
+    # Class 0's largest window holds 1/9 of its evidence: masked below that share, kept above it.
+    evidence = masked_evidence(torch.from_numpy(u), torch.from_numpy(windows.astype(float)), 0.2)
+    assert evidence[0].tolist() == [9.0, 0.0]
+    # A window holding all of a class's evidence is masked for any T < 1.
+    assert robust_predict(u, windows, threshold=0.99).tolist() == [0]
+
+
+def _random_logits(rng, n, shape, integer):
+    if integer:  # small integers: every sum is exact, ties and zeros are common
+        return rng.integers(-2, 4, size=(n, *shape)).astype(np.float64)
+    return rng.normal(0.5, 1.0, size=(n, *shape))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5])
+@pytest.mark.parametrize("integer", [True, False])
+@pytest.mark.parametrize(
+    "map_hw, window_hw, wrap", [((4, 4), (2, 2), (False, False)), ((3, 5), (2, 3), (False, False)),
+                                ((1, 6), (1, 2), (False, True))],
+)
+def test_vectorised_analysis_agrees_exactly_with_the_reference(threshold, integer, map_hw, window_hw, wrap):
+    rng = np.random.default_rng(hash((threshold, integer, map_hw)) % 2**32)
+    u = _random_logits(rng, 120, (*map_hw, 3), integer)
+    # Make some samples easy so both outcomes occur.
+    y = rng.integers(0, 3, size=len(u))
+    u[: len(u) // 2, ..., :] *= 0.2
+    u[np.arange(len(u) // 2), ..., y[: len(u) // 2]] += 2.0
+    windows = window_masks(map_hw, window_hw, wrap)
+    fast, slow = certify(u, y, windows, threshold), certify_reference(u, y, windows, threshold)
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.any() and not fast.all()
+
+
+def test_certificate_soundness_against_worst_case_window_attacks():
+    """An attacker who owns one window sets its features to anything in [0, c_high]: for certified samples,
+    no such change (extremes per cell and random values) alters the robust prediction."""
+    rng = np.random.default_rng(7)
+    map_hw, window_hw, c_high, threshold = (4, 4), (2, 2), 4.0, 0.3
+    windows = window_masks(map_hw, window_hw)
+    u = np.clip(rng.normal(0.3, 0.6, size=(200, *map_hw, 3)), 0, c_high)
+    y = rng.integers(0, 3, size=len(u))
+    u[np.arange(len(u)), ..., y] += 0.9
+    certified = certify(u, y, windows, threshold, c_high=c_high)
+    assert certified.sum() > 20
+    violations = 0
+    for s in np.flatnonzero(certified):
+        for w in windows:
+            for _ in range(20):
+                attacked = u[s].copy()
+                target = rng.integers(0, 3)
+                values = rng.choice([0.0, c_high, rng.uniform(0, c_high)], size=(w.sum(), 3))
+                values[:, y[s]] = 0.0  # remove the true class's evidence...
+                values[:, target] = rng.choice([c_high, rng.uniform(0, c_high)])  # ...and pump one class
+                attacked[w] = values
+                violations += robust_predict(attacked[None], windows, threshold, c_high=c_high)[0] != y[s]
+    assert violations == 0
