@@ -138,3 +138,17 @@ def window_masks(map_hw: tuple[int, int], window_hw: tuple[int, int], wrap: tupl
     for k, (rows, cols) in enumerate((r, c) for r in axes[0] for c in axes[1]):
         masks[k][np.ix_(rows, cols)] = True
     return masks
+
+
+def receptive_field(layers: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """Receptive field, stride and offset of the last layer of a chain of ``(kernel, stride, padding)`` layers.
+
+    Output feature ``i`` of the chain sees input pixels ``[offset + i * stride, offset + i * stride + rf)``
+    (``offset`` is negative where padding reaches outside the image).
+    """
+    field, stride, offset = 1, 1, 0
+    for kernel, layer_stride, padding in layers:
+        offset -= padding * stride
+        field += (kernel - 1) * stride
+        stride *= layer_stride
+    return field, stride, offset

@@ -86,3 +86,67 @@ def test_certificate_soundness_against_worst_case_window_attacks():
                 attacked[w] = values
                 violations += robust_predict(attacked[None], windows, threshold, c_high=c_high)[0] != y[s]
     assert violations == 0
+
+
+def test_bagnet_receptive_field_matches_brute_force():
+    from art_patch_defenses.geometry import receptive_field
+    from art_patch_defenses.models.bagnet import LocalLogitsCNN
+
+    torch.manual_seed(0)
+    model = LocalLogitsCNN(num_classes=3).eval()
+    assert model.receptive_field == (9, 9) and model.stride == (2, 2)
+    assert model.feature_map_size((32, 32)) == (12, 12)
+    assert receptive_field([(3, 1, 1), (3, 2, 1)]) == (5, 2, -2)  # output i sees input pixels [2i - 2, 2i + 2]
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        base = model(x)
+        for row, col in [(0, 0), (13, 20), (31, 31)]:
+            bumped = x.clone()
+            bumped[0, :, row, col] += 1.0
+            changed = (model(bumped) - base).abs().amax(-1)[0] > 0
+            rows, cols = np.nonzero(changed.numpy())
+            # feature i sees pixels [2i, 2i + 9): exactly those containing the pixel may change
+            assert set(rows) == {i for i in range(12) if 2 * i <= row < 2 * i + 9}
+            assert set(cols) == {j for j in range(12) if 2 * j <= col < 2 * j + 9}
+
+
+@pytest.fixture(scope="module")
+def small_estimator():
+    from art_patch_defenses.models.bagnet import LocalLogitsCNN
+    from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
+
+    torch.manual_seed(0)
+    backbone = LocalLogitsCNN(num_classes=10).eval()
+    return PyTorchRobustMasking(backbone, torch.nn.CrossEntropyLoss(), (3, 32, 32), 10, patch_size=5,
+                                clip_values=(0.0, 1.0), device_type="cpu")
+
+
+def test_estimator_predicts_and_certifies_from_its_local_logits(small_estimator):
+    x = np.random.default_rng(0).random((6, 3, 32, 32), dtype=np.float32)
+    u = small_estimator.local_logits(x)
+    windows = small_estimator.windows_for(5)
+    assert u.shape == (6, 12, 12, 10) and windows.shape == (36, 12, 12)  # 7x7 windows (5 + 9 - 1) / 2
+    predictions = small_estimator.predict(x).argmax(1)
+    np.testing.assert_array_equal(predictions, robust_predict(u, windows, 0.0))
+    result = small_estimator.certify(x, predictions)
+    np.testing.assert_array_equal(result.certified, certify(u, predictions, windows, 0.0))
+    clean, certified = small_estimator.eval_and_certify(x, predictions)
+    assert clean == 1.0 and certified == result.certified.mean()
+
+
+def test_estimator_is_attackable_and_revalidates(small_estimator):
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    x = np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)
+    mask = np.zeros_like(x)
+    mask[:, :, 5:10, 5:10] = 1
+    y = small_estimator.predict(x).argmax(1)
+    x_adv = ProjectedGradientDescent(small_estimator, eps=1.0, eps_step=0.1, max_iter=2, verbose=False).generate(
+        x, y, mask=mask)
+    assert np.abs(x_adv - x).max() > 0 and np.array_equal(x_adv[mask == 0], x[mask == 0])
+    small_estimator.set_params(patch_size=2)
+    assert small_estimator.model.windows.shape[0] == small_estimator.windows_for(2).shape[0]
+    with pytest.raises(ValueError, match="threshold"):
+        small_estimator.set_params(threshold=1.0)
+    assert small_estimator.threshold == 0.0
+    small_estimator.set_params(patch_size=5)
