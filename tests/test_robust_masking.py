@@ -150,3 +150,20 @@ def test_estimator_is_attackable_and_revalidates(small_estimator):
         small_estimator.set_params(threshold=1.0)
     assert small_estimator.threshold == 0.0
     small_estimator.set_params(patch_size=5)
+
+
+def test_masked_feature_loss_removes_the_true_class_top_window():
+    from art_patch_defenses.robust_masking.training import masked_feature_loss
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            u = torch.zeros(1, 2, 2, 2)
+            u[0, 0, 0, 0] = 8.0  # true class 0: all evidence in one cell
+            u[0, :, :, 1] = 1.0  # class 1: spread
+            u[0, 1, 1, 1] = -3.0  # negative local logits are clamped away
+            return u
+
+    windows = torch.from_numpy(window_masks((2, 2), (1, 1)).astype(np.float32))
+    loss, logits = masked_feature_loss(windows)(Fixed(), torch.zeros(1, 3, 4, 4), torch.tensor([0]))
+    torch.testing.assert_close(logits, torch.tensor([[0.0, 3.0 / 4]]))
+    assert loss > torch.nn.functional.cross_entropy(torch.tensor([[2.0, 0.75]]), torch.tensor([0]))

@@ -71,6 +71,7 @@ def train_classifier(
     augment: bool = True,
     flip: bool = True,
     batch_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     seed: int = 0,
     verbose: bool = True,
     log: Callable[[str], None] | None = None,
@@ -83,6 +84,8 @@ def train_classifier(
     :param std: normalisation std.
     :param augment: random crop (padding 4) and, if ``flip``, horizontal flip.
     :param batch_transform: optional extra augmentation on the [0, 1] batch (before normalisation).
+    :param loss_fn: ``loss_fn(model, normalised_batch, labels) -> (loss, logits)`` for a method's own
+        objective; default: cross-entropy of ``model(batch)``.
     :param log: called with one line per epoch (loss, accuracy, seconds).
     :return: the trained model, in eval mode.
     """
@@ -109,8 +112,11 @@ def train_classifier(
                 batch = random_crop_flip(batch, flip=flip, generator=generator)
             if batch_transform is not None:
                 batch = batch_transform(batch, generator)
-            logits = model(normalise(batch, mean, std))
-            loss = F.cross_entropy(logits, labels)
+            if loss_fn is None:
+                logits = model(normalise(batch, mean, std))
+                loss = F.cross_entropy(logits, labels)
+            else:
+                loss, logits = loss_fn(model, normalise(batch, mean, std), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
