@@ -167,3 +167,23 @@ def test_masked_feature_loss_removes_the_true_class_top_window():
     loss, logits = masked_feature_loss(windows)(Fixed(), torch.zeros(1, 3, 4, 4), torch.tensor([0]))
     torch.testing.assert_close(logits, torch.tensor([[0.0, 3.0 / 4]]))
     assert loss > torch.nn.functional.cross_entropy(torch.tensor([[2.0, 0.75]]), torch.tensor([0]))
+
+
+def test_column_bands_see_only_their_columns_and_wrap():
+    from art_patch_defenses.geometry import feature_window
+    from art_patch_defenses.models import MnistCNN
+    from art_patch_defenses.models.bagnet import ColumnBandNet
+
+    torch.manual_seed(0)
+    net = ColumnBandNet(MnistCNN(num_classes=4, in_channels=2), band_width=4).eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        base = net(x)
+        assert base.shape == (1, 1, 32, 4)
+        bumped = x.clone()
+        bumped[0, 0, 7, 1] += 0.5  # column 1 lies in bands 30, 31, 0, 1 (width 4, wrapping)
+        changed = np.flatnonzero((net(bumped) - base).abs().amax(-1)[0, 0].numpy() > 0)
+    assert changed.tolist() == [0, 1, 30, 31]
+    window = feature_window(5, net.receptive_field[1], net.stride[1])
+    assert window == 8  # b + p - 1 columns
+    assert window_masks(net.feature_map_size((32, 32)), (1, window), net.wrap).shape == (32, 1, 32)

@@ -55,3 +55,41 @@ class LocalLogitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x)).permute(0, 2, 3, 1)
+
+
+class ColumnBandNet(nn.Module):
+    """De-randomized smoothing column bands (Levine & Feizi, NeurIPS 2020, https://arxiv.org/abs/2002.10733)
+    as a local-logit network: band ``j`` keeps columns ``j .. j + band_width - 1`` (wrapping around) and
+    ablates the rest; ``base`` classifies each ablated image. Local logits ``(N, 1, W, C)``, one per band.
+
+    Pixels are encoded as ``(x, 1 - x)`` and ablated ones as ``(0, 0)``, so ``base`` takes ``2 * channels``
+    inputs and can tell an ablated pixel from a black one. Along the width the receptive field is
+    ``band_width`` with stride 1 and wrap-around; along the height every band sees the whole image.
+    """
+
+    def __init__(self, base: nn.Module, band_width: int = 4, image_hw: tuple[int, int] = (32, 32)) -> None:
+        super().__init__()
+        if not 1 <= band_width <= image_hw[1]:
+            raise ValueError(f"band_width must be in [1, {image_hw[1]}], got {band_width}")
+        self.base = base
+        self.band_width = band_width
+        self.receptive_field = (image_hw[0], band_width)
+        self.stride = (image_hw[0], 1)
+        self.wrap = (False, True)
+        columns = torch.arange(image_hw[1])
+        keep = torch.stack([((columns - j) % image_hw[1]) < band_width for j in range(image_hw[1])])
+        self.register_buffer("keep", keep.float(), persistent=False)  # (bands, W)
+
+    def feature_map_size(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        return 1, input_hw[1]
+
+    def ablate(self, x: torch.Tensor, bands: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoded, ablated copies: ``(N * B, 2C, H, W)`` for bands ``bands`` (default: all, in order)."""
+        keep = self.keep if bands is None else self.keep[bands]
+        encoded = torch.cat([x, 1 - x], dim=1)  # (N, 2C, H, W)
+        copies = encoded[:, None] * keep[None, :, None, None, :]  # (N, B, 2C, H, W)
+        return copies.flatten(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.base(self.ablate(x))  # (N * W, C)
+        return logits.view(len(x), 1, self.keep.shape[0], -1)
