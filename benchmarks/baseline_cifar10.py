@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import accuracy, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import MaskedAutoPGD, adversarial_patch, masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -36,10 +36,6 @@ from art_patch_defenses.geometry import (  # noqa: E402
 )
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
-
-
-def accuracy(classifier, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(classifier.predict(x, batch_size=250).argmax(1) == y))
 
 
 def main() -> None:

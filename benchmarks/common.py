@@ -14,7 +14,25 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def accuracy(classifier, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
+    """Top-1 accuracy of an ART classifier."""
+    return float(np.mean(classifier.predict(x, batch_size=batch_size).argmax(1) == y))
+
+
+def median_predict_seconds(classifier, x: np.ndarray, repeats: int = 7) -> float:
+    """Median wall time of ``classifier.predict(x)`` in one batch, after a warm-up run."""
+    classifier.predict(x, batch_size=len(x))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        classifier.predict(x, batch_size=len(x))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def environment() -> dict:

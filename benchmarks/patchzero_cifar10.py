@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import accuracy, median_predict_seconds, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import MaskedAutoPGD, masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -36,20 +36,6 @@ from art_patch_defenses.models import build_model, make_classifier, sha256_of  #
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.patchzero import PatchZero  # noqa: E402
 from art_patch_defenses.paths import checkpoints_dir  # noqa: E402
-
-
-def accuracy(classifier, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(classifier.predict(x, batch_size=250).argmax(1) == y))
-
-
-def median_predict_seconds(classifier, x: np.ndarray, repeats: int = 7) -> float:
-    classifier.predict(x, batch_size=len(x))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        classifier.predict(x, batch_size=len(x))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:
