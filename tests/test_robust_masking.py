@@ -187,3 +187,23 @@ def test_column_bands_see_only_their_columns_and_wrap():
     window = feature_window(5, net.receptive_field[1], net.stride[1])
     assert window == 8  # b + p - 1 columns
     assert window_masks(net.feature_map_size((32, 32)), (1, window), net.wrap).shape == (32, 1, 32)
+
+
+def test_ds_warm_start_reproduces_the_resnet_away_from_the_border():
+    from art_patch_defenses.models import cifar_resnet
+    from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
+    from art_patch_defenses.models.training import normalise
+    from art_patch_defenses.robust_masking.train import ds_base_from, random_band_loss
+
+    torch.manual_seed(0)
+    resnet = cifar_resnet(20).eval()
+    base = ds_base_from(resnet).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        first = resnet.conv1(normalise(x, CIFAR10_MEAN, CIFAR10_STD))
+        second = base.conv1(torch.cat([x, 1 - x], dim=1))
+    torch.testing.assert_close(first[:, :, 1:-1, 1:-1], second[:, :, 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
+    from art_patch_defenses.models.bagnet import ColumnBandNet
+
+    loss, logits = random_band_loss(ColumnBandNet(base, 4))(None, x, torch.tensor([1, 2]))
+    assert logits.shape == (2, 10) and torch.isfinite(loss)

@@ -1,0 +1,114 @@
+"""Train a robust-masking backbone on CIFAR-10 and save it as a checkpoint.
+
+- ``--backbone ds``: Mask-DS. A CIFAR ResNet whose stem takes the ``(x, 1 - x)`` encoding, trained on images
+  ablated to one random column band each (Levine & Feizi's training); warm-started from the fine-tuned
+  ResNet (the ``x`` half of the stem copies its weights, the ``1 - x`` half starts at zero).
+- ``--backbone bagnet``: the BagNet-style :class:`LocalLogitsCNN`, trained with masked-feature training.
+
+Run, e.g.: ``python -m art_patch_defenses.robust_masking.train --backbone ds --epochs 4``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from art_patch_defenses.data import load_dataset
+from art_patch_defenses.geometry import feature_window, window_masks
+from art_patch_defenses.models import build_model, save_checkpoint
+from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN
+from art_patch_defenses.models.finetune import record_checkpoint
+from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
+from art_patch_defenses.models.training import train_classifier
+from art_patch_defenses.paths import checkpoints_dir
+from art_patch_defenses.robust_masking.training import train_robust_masking
+
+#: The (x, 1 - x) encoding is built from raw [0, 1] pixels, so DS bases take them unnormalised.
+IDENTITY_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def ds_base_from(resnet: nn.Module) -> nn.Module:
+    """A copy of a CIFAR ResNet whose stem takes ``2 * 3`` channels; the ``x`` half keeps the ResNet's weights
+    (rescaled from its normalisation) and the ``1 - x`` half starts at zero."""
+    import copy
+
+    base = copy.deepcopy(resnet)
+    old = base.conv1
+    new = nn.Conv2d(6, old.out_channels, old.kernel_size, old.stride, old.padding, bias=True)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :3] = old.weight / std  # conv((x - mean) / std) = conv'(x) + bias
+        new.bias.copy_(-(old.weight * mean / std).sum(dim=(1, 2, 3)))
+    base.conv1 = new
+    return base
+
+
+def random_band_loss(bands: ColumnBandNet):
+    """``train_classifier`` loss: each image ablated to one random band, cross-entropy of the base's logits."""
+
+    def loss_fn(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor):
+        choice = torch.randint(0, bands.keep.shape[0], (len(batch),))
+        encoded = torch.cat([batch, 1 - batch], dim=1) * bands.keep[choice][:, None, None, :]
+        logits = bands.base(encoded)
+        return F.cross_entropy(logits, labels), logits
+
+    return loss_fn
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", choices=("ds", "bagnet"), default="ds")
+    parser.add_argument("--band-width", type=int, default=4)
+    parser.add_argument("--patch-size", type=int, default=5, help="patch side the bagnet training targets")
+    parser.add_argument("--init", default="cifar_resnet20:finetuned", help="DS warm start: model:weights")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or checkpoints_dir() / f"cifar10_robust_masking_{args.backbone}.pt"
+    log_lines: list[str] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_lines.append(line)
+        out.with_suffix(".log").write_text("\n".join(log_lines) + "\n")
+
+    command = "python -m art_patch_defenses.robust_masking.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    log(f"command: {command}")
+    torch.manual_seed(args.seed)
+    train = load_dataset("cifar10", "train")
+    start = time.time()
+    if args.backbone == "ds":
+        name, weights = args.init.split(":")
+        backbone = ColumnBandNet(ds_base_from(build_model(name, weights)), args.band_width)
+        train_classifier(backbone, train.x, train.y, *IDENTITY_NORMALISATION, epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, seed=args.seed, loss_fn=random_band_loss(backbone), log=log)
+        settings = {"backbone": "ds", "band_width": args.band_width, "base": name}
+    else:
+        backbone = LocalLogitsCNN(num_classes=10)
+        window = feature_window(args.patch_size, backbone.receptive_field[0], backbone.stride[0])
+        windows = window_masks(backbone.feature_map_size((32, 32)), (window, window))
+        train_robust_masking(backbone, train.x, train.y, windows, CIFAR10_MEAN, CIFAR10_STD, epochs=args.epochs,
+                             lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
+        settings = {"backbone": "bagnet", "trained_for_patch": args.patch_size}
+    sha = save_checkpoint(backbone, out, **settings)
+    summary = {"checkpoint": out.name, "sha256": sha, **settings, "epochs": args.epochs, "lr": args.lr,
+               "train_images": len(train), "seconds": round(time.time() - start),
+               "size_bytes": out.stat().st_size}
+    log(json.dumps(summary))
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
+
+
+if __name__ == "__main__":
+    main()
