@@ -62,3 +62,8 @@ def test_shared_cifar10_test_split():
     assert np.bincount(data.y).tolist() == [800] * 10
     subset = load_dataset("cifar10", "test", n=1000, seed=0)
     assert np.bincount(subset.y).tolist() == [100] * 10
+
+
+def test_missing_torchvision_cifar10_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        load_dataset("cifar10_torchvision", "test", root=tmp_path, download=False)

@@ -135,7 +135,12 @@ def load_cifar10_torchvision(
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    dataset = CIFAR10(str(root), train=split == "train", download=download)
+    try:
+        dataset = CIFAR10(str(root), train=split == "train", download=download)
+    except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
+        raise FileNotFoundError(
+            f"torchvision CIFAR-10 not found under {root} ({error}); pass download=True where the network allows"
+        ) from error
     images, labels = np.asarray(dataset.data), np.asarray(dataset.targets, dtype=np.int64)
     return _finish(images, labels, tuple(dataset.classes), n, seed, channels_first)
 
