@@ -193,7 +193,8 @@ def test_ds_warm_start_reproduces_the_resnet_away_from_the_border():
     from art_patch_defenses.models import cifar_resnet
     from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
     from art_patch_defenses.models.training import normalise
-    from art_patch_defenses.robust_masking.train import ds_base_from, random_band_loss
+    from art_patch_defenses.robust_masking.backbones import ds_base_from
+    from art_patch_defenses.robust_masking.train import random_band_loss
 
     torch.manual_seed(0)
     resnet = cifar_resnet(20).eval()
@@ -207,3 +208,20 @@ def test_ds_warm_start_reproduces_the_resnet_away_from_the_border():
 
     loss, logits = random_band_loss(ColumnBandNet(base, 4))(None, x, torch.tensor([1, 2]))
     assert logits.shape == (2, 10) and torch.isfinite(loss)
+
+
+def test_backbone_checkpoint_round_trip(tmp_path):
+    from art_patch_defenses.models import cifar_resnet, save_checkpoint
+    from art_patch_defenses.models.bagnet import ColumnBandNet
+    from art_patch_defenses.robust_masking.backbones import ds_base_from, load_backbone
+
+    torch.manual_seed(0)
+    net = ColumnBandNet(ds_base_from(cifar_resnet(20)), 4).eval()
+    save_checkpoint(net, tmp_path / "ds.pt", backbone="ds", band_width=4, base="cifar_resnet20")
+    loaded = load_backbone(tmp_path / "ds.pt")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+    save_checkpoint(net, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="names no robust-masking backbone"):
+        load_backbone(tmp_path / "other.pt")

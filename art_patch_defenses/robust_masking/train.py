@@ -28,28 +28,11 @@ from art_patch_defenses.models.finetune import record_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.models.training import train_classifier
 from art_patch_defenses.paths import checkpoints_dir
+from art_patch_defenses.robust_masking.backbones import ds_base_from
 from art_patch_defenses.robust_masking.training import train_robust_masking
 
 #: The (x, 1 - x) encoding is built from raw [0, 1] pixels, so DS bases take them unnormalised.
 IDENTITY_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-
-
-def ds_base_from(resnet: nn.Module) -> nn.Module:
-    """A copy of a CIFAR ResNet whose stem takes ``2 * 3`` channels; the ``x`` half keeps the ResNet's weights
-    (rescaled from its normalisation) and the ``1 - x`` half starts at zero."""
-    import copy
-
-    base = copy.deepcopy(resnet)
-    old = base.conv1
-    new = nn.Conv2d(6, old.out_channels, old.kernel_size, old.stride, old.padding, bias=True)
-    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
-    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, :3] = old.weight / std  # conv((x - mean) / std) = conv'(x) + bias
-        new.bias.copy_(-(old.weight * mean / std).sum(dim=(1, 2, 3)))
-    base.conv1 = new
-    return base
 
 
 def random_band_loss(bands: ColumnBandNet):
