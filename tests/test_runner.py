@@ -134,3 +134,11 @@ def test_package_exposes_its_components_lazily():
     assert callable(art_patch_defenses.fnc_classifier)
     with pytest.raises(AttributeError):
         art_patch_defenses.NoSuchThing  # noqa: B018
+
+
+def test_targeted_masked_attack_is_built_targeted(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["attack"].update(targeted=True, targeted_labels={"scheme": "fixed", "value": 3})
+    config["attack"]["kwargs"]["max_iter"] = 10
+    results = run_suite(config, tmp_path, verbose=False)["outcomes"][0].record["results"]
+    assert results["adversarial_targeted_success_rate"] > 0.1  # an untargeted attack would rarely land on 3

@@ -112,6 +112,8 @@ def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: b
         masks = patch_masks(image_hw, shape, locations)
         labels = targets if targets is not None else (y if attack.get("use_label", True) else None)
         generate_kwargs = dict(attack.get("generate_kwargs") or {})
+        if targets is not None:
+            kwargs.setdefault("targeted", True)
         if isinstance(component, type):
             instance = component(estimator, **kwargs)
             x_adv = instance.generate(x, y=labels, mask=expand_masks(masks, x), **generate_kwargs)
