@@ -96,3 +96,24 @@ def test_attacks_reject_bad_input(mnist_classifier, batch):
         lavan_patch(mnist_classifier, x, y, 40)
     with pytest.raises(ValueError, match="batch_size must be"):
         MaskedAutoPGD(mnist_classifier, batch_size=500)
+
+
+def test_returned_patch_is_what_art_pastes(mnist_classifier):
+    from art.attacks.evasion import AdversarialPatchPyTorch
+
+    from art_patch_defenses.attacks.universal import _as_rendered_by_art
+
+    raw = np.random.default_rng(0).random((1, 10, 10), dtype=np.float32)
+    rendered = _as_rendered_by_art(mnist_classifier, raw, 10 / 32)
+    assert not np.allclose(rendered, raw)  # ART's resize changes the pixels: the raw array is not what it pastes
+    art = AdversarialPatchPyTorch(mnist_classifier, rotation_max=0.0, scale_min=10 / 32, scale_max=10 / 32,
+                                  patch_shape=(1, 10, 10), patch_location=(5, 7), patch_type="square", verbose=False)
+    x = np.random.default_rng(1).random((2, 1, 32, 32), dtype=np.float32)
+    expected = art.apply_patch(x, scale=10 / 32, patch_external=raw)
+    locations = np.array([[7, 5], [7, 5]])  # (row, col) = ART's (y, x)
+    pasted, _ = paste_patch(x, rendered, locations)
+    pasted_raw, _ = paste_patch(x, raw, locations)
+    # ART's nearest-neighbour sampling shifts with the placement, so one row of ten may differ; the raw array
+    # differs almost everywhere.
+    assert np.mean(np.isclose(pasted, expected, atol=1e-6)) > 0.99
+    assert np.abs(pasted - expected).mean() < np.abs(pasted_raw - expected).mean() / 3

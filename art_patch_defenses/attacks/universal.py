@@ -6,9 +6,9 @@ where the patch is.
 
 - :func:`adversarial_patch` (Brown et al. 2017, https://arxiv.org/abs/1712.09665) drives ART's
   ``AdversarialPatchPyTorch`` with ``patch_type="square"``, ``rotation_max=0`` and a fixed scale, so the
-  patch it optimises covers ``h x w`` pixels at a random location of each training image. (ART renders the
-  patch through a resize and a nearest-neighbour affine map, so its training placement is sub-pixel; the
-  evaluation paste is pixel-exact.)
+  patch it optimises covers ``h x w`` pixels at a random location of each training image. ART renders its
+  patch through a bilinear resize and a nearest-neighbour affine map; the function returns those rendered
+  pixels (not the raw array), so a pixel-exact paste shows the patch as ART trained it.
 - :func:`lavan_patch` (Karmon et al. 2018, LaVAN, https://arxiv.org/abs/1801.02608) optimises the patch with
   signed gradient steps at integer random locations through the estimator's own ``loss_gradient``, so it
   works on any ART estimator with loss gradients, defences and BPDA included.
@@ -68,7 +68,28 @@ def adversarial_patch(
         optimizer="Adam", targeted=targeted, verbose=verbose,
     )
     patch, _ = attack.generate(x, y=np.eye(estimator.nb_classes, dtype=np.float32)[labels])
-    return np.clip(patch, 0.0, 1.0).astype(np.float32)
+    return _as_rendered_by_art(estimator, np.clip(patch, 0.0, 1.0).astype(np.float32), scale)
+
+
+def _as_rendered_by_art(estimator, patch: np.ndarray, scale: float) -> np.ndarray:
+    """The ``h x w`` pixels ART pastes for ``patch`` at an integer location.
+
+    ART renders its patch through a bilinear resize to the image size and a nearest-neighbour affine map, so the
+    pasted pixels are not the raw patch array; pasting the raw array would evaluate a patch the attack never
+    trained. Rendering it once at location (0, 0) on two backgrounds gives the pasted pixels exactly.
+    """
+    channels, side, _ = patch.shape
+    renderer = AdversarialPatchPyTorch(
+        estimator, rotation_max=0.0, scale_min=scale, scale_max=scale, max_iter=1, batch_size=1,
+        patch_shape=patch.shape, patch_location=(0, 0), patch_type="square", targeted=False, verbose=False,
+    )
+    image_shape = (1, channels, *estimator.input_shape[1:])
+    on_black = renderer.apply_patch(np.zeros(image_shape, np.float32), scale=scale, patch_external=patch)
+    on_white = renderer.apply_patch(np.ones(image_shape, np.float32), scale=scale, patch_external=patch)
+    covered = np.all(on_black == on_white, axis=1)[0]
+    if covered.sum() != side * side or not covered[:side, :side].all():
+        raise RuntimeError("ART rendered the patch outside the expected square; cannot extract it")
+    return on_black[0, :, :side, :side].astype(np.float32)
 
 
 def lavan_patch(
@@ -109,3 +130,4 @@ def lavan_patch(
             patch_grad += g[:, row : row + shape[0], col : col + shape[1]]
         patch = np.clip(patch + direction * step_size * np.sign(patch_grad), 0.0, 1.0)
     return patch.astype(np.float32)
+
