@@ -47,7 +47,9 @@ def main() -> None:
     parser.add_argument("--patch-train-n", type=int, default=1000)
     parser.add_argument("--advp-passes", type=int, default=15, help="AdvP passes over the patch training set")
     parser.add_argument("--lavan-steps", type=int, default=250)
-    parser.add_argument("--recalibration-n", type=int, default=50000, help="training images for BN re-estimation")
+    parser.add_argument("--recalibration-n", type=int, default=50000,
+                        help="training images for BN re-estimation (0: keep the model's BN statistics)")
+    parser.add_argument("--out", default="fnc_cifar10", help="result name under benchmarks/results/")
     parser.add_argument("--timing-repeats", type=int, default=7)
     parser.add_argument("--weights", default="finetuned", help="weights tag or path of cifar_resnet56")
     args = parser.parse_args()
@@ -56,11 +58,10 @@ def main() -> None:
     weights = weights_path("cifar_resnet56", args.weights)
     undefended = make_classifier(build_model("cifar_resnet56", args.weights), "cifar_resnet56")
     defended = fnc_classifier(undefended, alpha=args.alpha, n_fnc=args.n_fnc)
-    recalibration = load_dataset("cifar10", "train", n=min(args.recalibration_n, 50000), seed=0)
     start = time.time()
-    defended.recalibrate_batchnorm(recalibration.x)
+    if args.recalibration_n > 0:
+        defended.recalibrate_batchnorm(load_dataset("cifar10", "train", n=min(args.recalibration_n, 50000), seed=0).x)
     recalibration_seconds = time.time() - start
-    del recalibration
 
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
     patch_train = load_dataset("cifar10", "train", n=args.patch_train_n, seed=1)
@@ -109,7 +110,8 @@ def main() -> None:
         "weights_sha256": sha256_of(weights),
         "fnc": {
             "alpha": args.alpha, "layers": f"after {defended.fnc_layer_count} residual blocks",
-            "bn_recalibration": f"one pass over {min(args.recalibration_n, 50000)} shared training images",
+            "bn_recalibration": f"one pass over {min(args.recalibration_n, 50000)} shared training images"
+            if args.recalibration_n > 0 else "none (the fine-tuned model's statistics)",
         },
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
         "attacks": {
@@ -131,7 +133,7 @@ def main() -> None:
         },
         "timing": f"predict on a batch of 256, median of {args.timing_repeats} runs after a warm-up, same process",
     }
-    write_result("fnc_cifar10", config, results)
+    write_result(args.out, config, results)
 
 
 if __name__ == "__main__":
