@@ -181,7 +181,7 @@ def test_batchnorm_recalibration_is_one_exact_pass():
     model = insert_fnc(cifar_resnet(20))
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     x = np.random.default_rng(0).random((64, 3, 32, 32), dtype=np.float32)
-    recalibrate_batchnorm(model, x, batch_size=16, verbose=False)
+    recalibrate_batchnorm(model, x, batch_size=16, augment=False, verbose=False)
     with torch.no_grad():
         first = model.conv1(torch.from_numpy(x))
     torch.testing.assert_close(model.bn1.running_mean, first.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)

@@ -83,15 +83,18 @@ class PyTorchFNCClassifier(PyTorchClassifier):
         """How many FNC layers the model carries."""
         return len(fnc_layers(self.model))
 
-    def recalibrate_batchnorm(self, x: np.ndarray, batch_size: int = 256, verbose: bool = True) -> None:
-        """Re-estimate the BatchNorm statistics on training images ``x`` (one pass), as the paper does after
-        inserting FNC. ``x`` is in [0, 1]; the estimator's own normalisation is applied."""
+    def recalibrate_batchnorm(
+        self, x: np.ndarray, batch_size: int = 256, augment: bool = True, verbose: bool = True
+    ) -> None:
+        """Re-estimate the BatchNorm statistics on training images ``x`` (one pass, with the training
+        augmentation unless ``augment=False``), as the paper does after inserting FNC. ``x`` is in [0, 1]; the
+        estimator's own normalisation is applied."""
         mean = std = None
         if self.preprocessing is not None and hasattr(self.preprocessing, "mean"):
             mean = np.asarray(self.preprocessing.mean, dtype=np.float32).reshape(-1)
             std = np.asarray(self.preprocessing.std, dtype=np.float32).reshape(-1)
             mean, std = tuple(mean.tolist()), tuple(std.tolist())
-        recalibrate_batchnorm(self.model, x, mean, std, batch_size=batch_size, verbose=verbose)
+        recalibrate_batchnorm(self.model, x, mean, std, batch_size=batch_size, augment=augment, verbose=verbose)
 
 
 def fnc_classifier(
