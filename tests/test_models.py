@@ -75,3 +75,13 @@ def test_committed_finetuned_checkpoints_match_their_recorded_hash(depth):
     path = checkpoints_dir() / f"cifar10_resnet{depth}_finetuned.pt"
     assert path.stat().st_size < 10 * 2**20
     load_weights(cifar_resnet(depth), path, sha256=entry["sha256"])
+
+
+def test_file_logger_keeps_every_line(tmp_path, capsys):
+    from art_patch_defenses.models.checkpoints import file_logger
+
+    log = file_logger(tmp_path / "run.log")
+    log("first")
+    log("second")
+    assert (tmp_path / "run.log").read_text() == "first\nsecond\n"
+    assert capsys.readouterr().out == "first\nsecond\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +84,15 @@ def save_checkpoint(model: nn.Module, path: str | Path, **metadata: Any) -> str:
     state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
     torch.save({"state_dict": state, **metadata}, path)
     return sha256_of(path)
+
+
+def file_logger(path: str | Path) -> Callable[[str], None]:
+    """A ``log(line)`` for training runs: prints the line and rewrites ``path`` with every line so far."""
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+        Path(path).write_text("\n".join(lines) + "\n")
+
+    return log

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from art_patch_defenses.data import load_dataset
-from art_patch_defenses.models.checkpoints import save_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, save_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD, build_model
 from art_patch_defenses.models.training import accuracy, train_classifier
 from art_patch_defenses.paths import checkpoints_dir
@@ -40,12 +40,7 @@ def finetune_cifar_resnet(
             part += 1
         previous_log = log_path.with_suffix(f".part{part}.log")
         log_path.rename(previous_log)
-    log_lines: list[str] = []
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        log_lines.append(line)
-        log_path.write_text("\n".join(log_lines) + "\n")
+    log = file_logger(log_path)
 
     command = "python -m art_patch_defenses.models.finetune " + " ".join(sys.argv[1:])
     log(f"command: {command}")

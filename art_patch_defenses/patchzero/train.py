@@ -17,6 +17,7 @@ from pathlib import Path
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, make_classifier, save_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger
 from art_patch_defenses.models.finetune import record_checkpoint
 from art_patch_defenses.patchzero.training import PatchZeroTrainingConfig, train_patchzero
 from art_patch_defenses.paths import cache_dir, checkpoints_dir
@@ -37,12 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = PatchZeroTrainingConfig(**{f.name: getattr(args, f.name) for f in fields(PatchZeroTrainingConfig)})
     out = args.out or checkpoints_dir() / f"{args.dataset}_patchzero_{args.downstream}.pt"
-    log_lines: list[str] = []
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        log_lines.append(line)
-        out.with_suffix(".log").write_text("\n".join(log_lines) + "\n")
+    log = file_logger(out.with_suffix(".log"))
 
     command = "python -m art_patch_defenses.patchzero.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log(f"command: {command}")

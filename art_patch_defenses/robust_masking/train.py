@@ -24,6 +24,7 @@ from art_patch_defenses.data import load_dataset
 from art_patch_defenses.geometry import feature_window, window_masks
 from art_patch_defenses.models import build_model, save_checkpoint
 from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN
+from art_patch_defenses.models.checkpoints import file_logger
 from art_patch_defenses.models.finetune import record_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.models.training import train_classifier
@@ -60,12 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or checkpoints_dir() / f"cifar10_robust_masking_{args.backbone}.pt"
-    log_lines: list[str] = []
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        log_lines.append(line)
-        out.with_suffix(".log").write_text("\n".join(log_lines) + "\n")
+    log = file_logger(out.with_suffix(".log"))
 
     command = "python -m art_patch_defenses.robust_masking.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log(f"command: {command}")
