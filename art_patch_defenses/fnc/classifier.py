@@ -13,6 +13,7 @@ import numpy as np
 from art.estimators.classification import PyTorchClassifier
 
 from art_patch_defenses.fnc.clipping import fnc_layers, insert_fnc, recalibrate_batchnorm, set_alpha
+from art_patch_defenses.models.registry import classifier_params
 
 
 class PyTorchFNCClassifier(PyTorchClassifier):
@@ -105,10 +106,8 @@ def fnc_classifier(
 ) -> PyTorchFNCClassifier:
     """Wrap an existing ART ``PyTorchClassifier`` with FNC: same loss, shapes, clip values, normalisation,
     defences and device; the input classifier is left untouched."""
-    params = classifier.get_params()
+    params = classifier_params(classifier)
     model = params.pop("model")
-    for key in ("use_amp", "opt_level", "loss_scale"):
-        params.pop(key, None)
     return PyTorchFNCClassifier(model, alpha=alpha, n_fnc=n_fnc, insertion_points=insertion_points, **params)
 
 

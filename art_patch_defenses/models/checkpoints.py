@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,22 @@ def file_logger(path: str | Path) -> Callable[[str], None]:
         Path(path).write_text("\n".join(lines) + "\n")
 
     return log
+
+
+def record_checkpoint(
+    record_path: Path, name: str, summary: dict, command: str, previous_log: str | None = None
+) -> None:
+    """Add (or replace) a checkpoint's entry in the ``checkpoints.json`` record: sha256, command, figures.
+
+    When the run continued from the file's previous version, that version's entry moves under ``history``
+    (with its log renamed to ``previous_log``).
+    """
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    entry = {**summary, "command": command, "log": Path(name).with_suffix(".log").name}
+    previous = record.get(name)
+    if previous is not None and summary.get("init") not in (None, "pretrained"):
+        if previous_log:
+            previous["log"] = previous_log
+        entry["history"] = [*previous.pop("history", []), previous]
+    record[name] = entry
+    record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

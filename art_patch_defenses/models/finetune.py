@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from art_patch_defenses.data import load_dataset
-from art_patch_defenses.models.checkpoints import file_logger, save_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint, save_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD, build_model
 from art_patch_defenses.models.training import accuracy, train_classifier
 from art_patch_defenses.paths import checkpoints_dir
@@ -71,25 +71,6 @@ def finetune_cifar_resnet(
     record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command,
                       previous_log=previous_log.name if previous_log else None)
     return summary
-
-
-def record_checkpoint(
-    record_path: Path, name: str, summary: dict, command: str, previous_log: str | None = None
-) -> None:
-    """Add (or replace) a checkpoint's entry in the ``checkpoints.json`` record: sha256, command, figures.
-
-    When the run continued from the file's previous version, that version's entry moves under ``history``
-    (with its log renamed to ``previous_log``).
-    """
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    entry = {**summary, "command": command, "log": Path(name).with_suffix(".log").name}
-    previous = record.get(name)
-    if previous is not None and summary.get("init") not in (None, "pretrained"):
-        if previous_log:
-            previous["log"] = previous_log
-        entry["history"] = [*previous.pop("history", []), previous]
-    record[name] = entry
-    record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

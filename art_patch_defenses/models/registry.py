@@ -165,3 +165,12 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weight
         raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: name, weights")
     model = build_model(name, weights)
     return make_classifier(model, name, **(wrapper_kwargs or {}))
+
+
+def classifier_params(classifier) -> dict:
+    """A ``PyTorchClassifier``'s constructor arguments (model included), to build another one around a new model
+    or with other defences; the mixed-precision settings ART does not accept back are left out."""
+    params = classifier.get_params()
+    for key in ("use_amp", "opt_level", "loss_scale"):
+        params.pop(key, None)
+    return params

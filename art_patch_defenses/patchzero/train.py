@@ -17,8 +17,7 @@ from pathlib import Path
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, make_classifier, save_checkpoint
-from art_patch_defenses.models.checkpoints import file_logger
-from art_patch_defenses.models.finetune import record_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint
 from art_patch_defenses.patchzero.training import PatchZeroTrainingConfig, train_patchzero
 from art_patch_defenses.paths import cache_dir, checkpoints_dir
 

@@ -189,9 +189,9 @@ def _defended_copy(classifier, detector, fill_value: list[float], dilation: int)
     """The classifier with a BPDA PatchZero in front that shares ``detector`` (so it follows training)."""
     from art.estimators.classification import PyTorchClassifier
 
-    params = classifier.get_params()
-    for key in ("use_amp", "opt_level", "loss_scale"):
-        params.pop(key, None)
+    from art_patch_defenses.models.registry import classifier_params
+
+    params = classifier_params(classifier)
     patchzero = PatchZero(detector, fill_value, dilation=dilation, bpda=True)
     params["preprocessing_defences"] = [*(params.get("preprocessing_defences") or []), patchzero]
     return PyTorchClassifier(**params)

@@ -24,8 +24,7 @@ from art_patch_defenses.data import load_dataset
 from art_patch_defenses.geometry import feature_window, window_masks
 from art_patch_defenses.models import build_model, save_checkpoint
 from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN
-from art_patch_defenses.models.checkpoints import file_logger
-from art_patch_defenses.models.finetune import record_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.models.training import train_classifier
 from art_patch_defenses.paths import checkpoints_dir
