@@ -57,6 +57,9 @@ def test_detected_region_is_dilated_and_repainted_with_the_mean():
     expected = np.zeros((32, 32), bool)
     expected[9:15, 4:10] = True
     assert np.array_equal(masks[0], expected)
+    segmentation = np.zeros((32, 32), bool)
+    segmentation[10:14, 5:9] = True
+    assert np.array_equal(patchzero.masks(x, dilated=False)[0], segmentation)
     out, _ = patchzero.forward(torch.from_numpy(x))
     out = out.detach().numpy()
     np.testing.assert_allclose(out[:, :, 9:15, 4:10], np.broadcast_to(np.array(FILL).reshape(1, 3, 1, 1), (4, 3, 6, 6)))

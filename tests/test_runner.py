@@ -142,3 +142,24 @@ def test_targeted_masked_attack_is_built_targeted(tmp_path):
     config["attack"]["kwargs"]["max_iter"] = 10
     results = run_suite(config, tmp_path, verbose=False)["outcomes"][0].record["results"]
     assert results["adversarial_targeted_success_rate"] > 0.1  # an untargeted attack would rarely land on 3
+
+
+def test_certifier_from_config_reports_its_certificate(tmp_path):
+    from art_patch_defenses.robust_masking import PyTorchRobustMasking
+
+    config = json.loads(json.dumps(TINY))
+    config["model"] = {"module": "art_patch_defenses.robust_masking", "name": "get_art_model",
+                       "model_kwargs": {"name": "mnist_bagnet", "weights": "none", "patch_size": 7}}
+    outcome = run_suite(config, tmp_path, verbose=False)["outcomes"][0]
+    results = outcome.record["results"]
+    assert results["certified_patch_pixels"] == 7
+    assert 0.0 <= results["certified_accuracy"] <= results["benign_mean_categorical_accuracy"]
+    assert results["max_change_outside_patch"] == 0.0
+    assert "robust_masking" in (tmp_path / "report.md").read_text()
+    from art_patch_defenses.robust_masking import get_art_model
+
+    assert isinstance(get_art_model({"name": "mnist_bagnet", "weights": "none"}), PyTorchRobustMasking)
+    with pytest.raises(ValueError, match="robust-masking backbone"):
+        get_art_model({"name": "mnist_cnn"})
+    with pytest.raises(ValueError, match="unknown model_kwargs"):
+        get_art_model({"name": "mnist_bagnet", "alpha": 1.0})

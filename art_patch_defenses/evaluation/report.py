@@ -12,9 +12,17 @@ import numpy as np
 from art_patch_defenses.evaluation.runner import ScenarioResult, scenario_label
 
 TABLE_HEADER = (
-    "| model | defence | attack | patch (px, area) | n | benign acc | adversarial acc | max change outside patch |",
-    "|---|---|---|---|---|---|---|---|",
+    "| model | defence | attack | patch (px, area) | n | benign acc | adversarial acc | certified acc "
+    "| max change outside patch |",
+    "|---|---|---|---|---|---|---|---|---|",
 )
+
+
+def _certified(results: dict) -> str:
+    if "certified_accuracy" not in results:
+        return "-"
+    side = results["certified_patch_pixels"]
+    return f"{results['certified_accuracy']:.3f} ({side}x{side})"
 
 
 def markdown_table(outcomes: list[ScenarioResult]) -> str:
@@ -27,7 +35,7 @@ def markdown_table(outcomes: list[ScenarioResult]) -> str:
         rows.append(
             f"| {model} | {defense} | {attack} | {patch} | {r['num_samples']} | "
             f"{r['benign_mean_categorical_accuracy']:.3f} | {r['adversarial_mean_categorical_accuracy']:.3f} | "
-            f"{r['max_change_outside_patch']:.2g} |"
+            f"{_certified(r)} | {r['max_change_outside_patch']:.2g} |"
         )
     return "\n".join(rows)
 

@@ -1,7 +1,8 @@
 """A registry of the project's models, so that a config can name one, and the ART classifier factory.
 
 Weights are named by a short tag (``"pretrained"``: the shared He et al. weights; ``"finetuned"``: this
-project's JPEG fine-tuned checkpoints; ``"none"``: untrained) or given as a path.
+project's JPEG fine-tuned checkpoints; ``"trained"``: this project's robust-masking checkpoints; ``"embedded"``:
+trained on the embedded MNIST digits on first use and cached; ``"none"``: untrained) or given as a path.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +84,37 @@ MODEL_REGISTRY["mnist_cnn"] = ModelSpec(
 )
 
 
+def _robust_masking_backbone(kind: str) -> Callable[[], nn.Module]:
+    def factory() -> nn.Module:
+        from art_patch_defenses.robust_masking.backbones import build_backbone
+
+        return build_backbone(kind)
+
+    return factory
+
+
+def _embedded_mnist_bagnet() -> Path:
+    from art_patch_defenses.robust_masking.backbones import embedded_mnist_bagnet
+
+    return embedded_mnist_bagnet()
+
+
+#: Robust-masking backbones (local logits ``(N, X, Y, C)``); wrap them with ``robust_masking.get_art_model``.
+MODEL_REGISTRY["cifar_bagnet"] = ModelSpec(
+    factory=_robust_masking_backbone("bagnet"), input_shape=(3, 32, 32), nb_classes=10, mean=CIFAR10_MEAN,
+    std=CIFAR10_STD, weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_bagnet.pt"},
+)
+#: Mask-DS takes raw [0, 1] pixels: its stem builds the (x, 1 - x) encoding itself.
+MODEL_REGISTRY["cifar_mask_ds"] = ModelSpec(
+    factory=_robust_masking_backbone("ds"), input_shape=(3, 32, 32), nb_classes=10, mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0), weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_ds.pt"},
+)
+MODEL_REGISTRY["mnist_bagnet"] = ModelSpec(
+    factory=_robust_masking_backbone("mnist_bagnet"), input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN,
+    std=MNIST_STD, weights={"embedded": _embedded_mnist_bagnet},
+)
+
+
 def get_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of a registered model name."""
     if name not in MODEL_REGISTRY:
@@ -115,14 +148,18 @@ def build_model(name: str, weights: str | Path | None = None) -> nn.Module:
 def make_classifier(
     model: nn.Module, name: str | None = None, *, input_shape: tuple[int, ...] | None = None,
     nb_classes: int | None = None, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-    device_type: str = "cpu", lr: float = 0.01,
+    device_type: str = "cpu", lr: float = 0.01, estimator_class: type | None = None, **estimator_kwargs: Any,
 ):
     """Wrap ``model`` in an ART ``PyTorchClassifier`` with clip values (0, 1) and the model's normalisation.
 
     Values not given are taken from the registry entry ``name``. The returned classifier takes NCHW float
     inputs in [0, 1]; normalisation is ART's ``preprocessing=(mean, std)``, so attacks see raw pixels.
+    ``estimator_class`` (a ``PyTorchClassifier`` subclass, e.g. a certifier) and its own keyword arguments
+    replace the plain classifier.
     """
     from art.estimators.classification import PyTorchClassifier
+
+    estimator_class = estimator_class or PyTorchClassifier
 
     if name is not None:
         spec = get_spec(name)
@@ -138,8 +175,8 @@ def make_classifier(
             torch.tensor(mean, dtype=torch.float32).reshape(channels, 1, 1).numpy(),
             torch.tensor(std, dtype=torch.float32).reshape(channels, 1, 1).numpy(),
         )
-    return PyTorchClassifier(
-        model=model,
+    return estimator_class(
+        model,
         loss=nn.CrossEntropyLoss(),
         optimizer=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
         input_shape=tuple(input_shape),
@@ -147,6 +184,7 @@ def make_classifier(
         clip_values=(0.0, 1.0),
         preprocessing=preprocessing,
         device_type=device_type,
+        **estimator_kwargs,
     )
 
 

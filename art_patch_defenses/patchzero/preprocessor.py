@@ -160,11 +160,19 @@ class PatchZero(PreprocessorPyTorch):
         soft, _ = self._soft_and_hard_masks(x_nchw)
         return self._back(self._repaint(x_nchw, soft))
 
-    def masks(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """The binary masks ``(N, H, W)`` PatchZero applies to ``x`` (True = detected patch pixel)."""
+    def masks(self, x: np.ndarray, batch_size: int = 256, dilated: bool = True) -> np.ndarray:
+        """The binary masks ``(N, H, W)`` PatchZero applies to ``x`` (True = detected patch pixel).
+
+        :param dilated: ``False`` gives the detector's own segmentation (thresholded, before the dilation that
+            only widens the repainted area), the mask to score a detector by.
+        """
         out = []
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 batch = self._nchw(torch.as_tensor(x[start : start + batch_size], device=self.device))
-                out.append(self._soft_and_hard_masks(batch)[1][:, 0].cpu().numpy() > 0.5)
+                if dilated:
+                    hard = self._soft_and_hard_masks(batch)[1]
+                else:
+                    hard = torch.sigmoid(detector_logits(self.detector, batch)[0]) > self.threshold
+                out.append(hard[:, 0].cpu().numpy() > 0.5)
         return np.concatenate(out) if out else np.zeros((0,), dtype=bool)

@@ -3,7 +3,9 @@
 Stage 1: downstream-only (DO) patches, masked PGD and masked AutoPGD against the undefended classifier at a
 random location and size per image, computed once; the detector trains on benign and attacked images mixed
 equally. Stage 2: at every step, half the batch is attacked online with BPDA masked PGD against the
-classifier defended by the current detector, and the detector trains on that batch.
+classifier defended by the current detector, and the detector trains on that batch. The stage-2 step size is
+drawn log-uniformly per step and the attack starts from the clean image or a random patch: PGD from the clean
+image with small steps makes low-contrast patches that a detector trained only on random starts misses.
 
 Training state (detector, optimizer, stage, step) is saved after every epoch / every ``checkpoint_every``
 steps and ``resume=True`` continues from it.
@@ -23,13 +25,19 @@ from tqdm.auto import tqdm
 
 from art_patch_defenses.attacks import MaskedAutoPGD, masked_pgd
 from art_patch_defenses.geometry import expand_masks, patch_masks, random_locations
+from art_patch_defenses.models.checkpoints import sha256_of
 from art_patch_defenses.patchzero.detector import build_detector, detector_loss
-from art_patch_defenses.patchzero.preprocessor import PatchZero
+from art_patch_defenses.patchzero.preprocessor import PatchZero, _locate_checkpoint
 
 
 @dataclass
 class PatchZeroTrainingConfig:
-    """Settings of the two-stage training (sizes in pixels of a side, budgets in [0, 1] pixel units)."""
+    """Settings of the two-stage training (sizes in pixels of a side, budgets in [0, 1] pixel units).
+
+    Stage 2 draws its PGD step log-uniformly in ``[stage2_step_min, stage2_step_size]`` and starts from a random
+    patch with probability ``stage2_random_init`` (else from the clean image). ``init_from``: a detector
+    checkpoint to continue from; stage 1 is then skipped.
+    """
 
     patch_side_min: int = 4
     patch_side_max: int = 10
@@ -40,11 +48,14 @@ class PatchZeroTrainingConfig:
     stage2_steps: int = 300
     stage2_pgd_iter: int = 10
     stage2_step_size: float = 0.1
+    stage2_step_min: float = 0.02
+    stage2_random_init: float = 0.5
     batch_size: int = 64
     learning_rate: float = 1e-3
     dilation: int = 1
     seed: int = 0
     checkpoint_every: int = 50
+    init_from: str = ""
 
 
 def random_patch_masks(
@@ -126,6 +137,15 @@ def train_patchzero(
     detector = build_detector(**detector_settings)
     optimizer = torch.optim.Adam(detector.parameters(), lr=config.learning_rate)
     stage, step = 1, 0
+    if not 0 < config.stage2_step_min <= config.stage2_step_size:
+        raise ValueError(f"need 0 < stage2_step_min <= stage2_step_size, got {config.stage2_step_min}, "
+                         f"{config.stage2_step_size}")
+    if config.init_from:
+        start_from = PatchZero.from_checkpoint(config.init_from, fill_value=fill_value)  # sha256-checked
+        detector.load_state_dict(start_from.detector.state_dict())
+        stage = 2
+        log(f"stage 2 continues from {config.init_from} "
+            f"(sha256 {sha256_of(_locate_checkpoint(config.init_from, None)[0])})")
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         detector.load_state_dict(state["state_dict"])
@@ -171,10 +191,11 @@ def train_patchzero(
         x_batch = x_train[index].copy()
         masks = random_patch_masks(half, x_batch.shape[2:], config.patch_side_min, config.patch_side_max, rng)
         detector.eval()
+        step_size = float(np.exp(rng.uniform(np.log(config.stage2_step_min), np.log(config.stage2_step_size))))
         x_batch[:half] = masked_pgd(
             defended, x_batch[:half], expand_masks(masks, x_batch[:half]), y_train[index[:half]], eps=1.0,
-            eps_step=config.stage2_step_size, max_iter=config.stage2_pgd_iter, num_random_init=1,
-            batch_size=half, verbose=False,
+            eps_step=step_size, max_iter=config.stage2_pgd_iter,
+            num_random_init=int(rng.random() < config.stage2_random_init), batch_size=half, verbose=False,
         )
         m_batch = np.concatenate([masks, np.zeros((config.batch_size - half, *masks.shape[1:]), dtype=bool)])
         losses.append(_train_step(detector, optimizer, x_batch, m_batch))
