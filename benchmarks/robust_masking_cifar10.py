@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -30,9 +29,33 @@ from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.geometry import expand_masks, patch_masks, random_locations  # noqa: E402
 from art_patch_defenses.models import sha256_of  # noqa: E402
-from art_patch_defenses.paths import checkpoints_dir  # noqa: E402
-from art_patch_defenses.robust_masking import PyTorchRobustMasking, certify, certify_reference  # noqa: E402
-from art_patch_defenses.robust_masking.backbones import load_backbone  # noqa: E402
+from art_patch_defenses.models.registry import weights_path  # noqa: E402
+from art_patch_defenses.robust_masking import certify, certify_reference, get_art_model  # noqa: E402
+
+PATCH_SIDES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12)
+
+
+def plot_certified_by_patch_size(by_side: dict, vanilla: float, backbone: str, path: Path) -> None:
+    """Certified accuracy against patch side (and area), with the undefended backbone's clean accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = list(by_side)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(sides, [by_side[s] for s in sides], "o-", label=f"certified (robust masking, {backbone})")
+    ax.axhline(vanilla, color="grey", linestyle="--", label="clean, no masking")
+    ax.set_xlabel("patch side (px) on 32x32 CIFAR-10")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    top = ax.secondary_xaxis("top", functions=(lambda s: 100 * s**2 / 1024, lambda a: np.sqrt(a * 1024 / 100)))
+    top.set_xlabel("patch area (%)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -41,21 +64,17 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--reference-n", type=int, default=20)
-    parser.add_argument("--attack-n", type=int, default=200, help="images attacked for the empirical figures")
-    parser.add_argument("--locations", type=int, default=4)
-    parser.add_argument("--pgd-iter", type=int, default=40)
+    parser.add_argument("--attack-n", type=int, default=100, help="images attacked for the empirical figures")
+    parser.add_argument("--locations", type=int, default=3)
+    parser.add_argument("--pgd-iter", type=int, default=20)
+    parser.add_argument("--figure", type=Path, default=None, help="default: docs/robust_masking_<backbone>.png")
     args = parser.parse_args()
+    args.figure = args.figure or Path(__file__).resolve().parents[1] / "docs" / f"robust_masking_{args.backbone}.png"
 
-    path = Path(args.checkpoint or checkpoints_dir() / f"cifar10_robust_masking_{args.backbone}.pt")
-    backbone = load_backbone(path)
-    normalisation = {}
-    if args.backbone == "bagnet":
-        from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
-
-        normalisation = {"preprocessing": (np.array(CIFAR10_MEAN).reshape(3, 1, 1),
-                                           np.array(CIFAR10_STD).reshape(3, 1, 1))}
-    estimator = PyTorchRobustMasking(backbone, torch.nn.CrossEntropyLoss(), (3, 32, 32), 10, patch_size=5,
-                                     clip_values=(0.0, 1.0), device_type="cpu", **normalisation)
+    name = {"ds": "cifar_mask_ds", "bagnet": "cifar_bagnet"}[args.backbone]
+    path = Path(args.checkpoint) if args.checkpoint else weights_path(name, "trained")
+    estimator = get_art_model({"name": name, "weights": str(path), "patch_size": 5})
+    backbone = estimator.model.backbone
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
     results: dict = {}
     seconds: dict = {}
@@ -64,14 +83,18 @@ def main() -> None:
     u = estimator.local_logits(test.x)
     seconds["local_logits"] = round(time.time() - start, 1)
     results["clean_accuracy_vanilla"] = float(np.mean(u.sum(axis=(1, 2)).argmax(1) == test.y))
-    for side, key in ((5, "5x5"), (2, "2x2")):
-        windows = estimator.windows_for(side)
+    certified_by_side = {}
+    for side in PATCH_SIDES:
         start = time.time()
-        certified = certify(u, test.y, windows, estimator.threshold, *estimator.feature_clip)
-        seconds[f"certify_{key}"] = round(time.time() - start, 2)
-        results[f"certified_accuracy_{key}"] = float(certified.mean())
-        if side == 5:
-            certified_5 = certified
+        certified_by_side[side] = certify(u, test.y, estimator.windows_for(side), estimator.threshold,
+                                          *estimator.feature_clip)
+        seconds[f"certify_{side}x{side}"] = round(time.time() - start, 2)
+    results["certified_accuracy_5x5"] = float(certified_by_side[5].mean())
+    results["certified_accuracy_2x2"] = float(certified_by_side[2].mean())
+    by_side = {side: float(certified.mean()) for side, certified in certified_by_side.items()}
+    results["certified_accuracy_by_patch_side"] = by_side
+    plot_certified_by_patch_size(by_side, results["clean_accuracy_vanilla"], args.backbone, args.figure)
+    certified_5 = certified_by_side[5]
     clean, _ = estimator.eval_and_certify(test.x, test.y)
     results["clean_accuracy"] = clean
 

@@ -99,6 +99,19 @@ def file_logger(path: str | Path) -> Callable[[str], None]:
     return log
 
 
+def keep_previous_log(log_path: Path) -> str | None:
+    """Before a run that continues a checkpoint rewrites its log: rename the earlier log to
+    ``<name>.part<k>.log`` (first free k) and return that name for :func:`record_checkpoint`."""
+    if not log_path.is_file():
+        return None
+    part = 1
+    while log_path.with_suffix(f".part{part}.log").is_file():
+        part += 1
+    previous = log_path.with_suffix(f".part{part}.log")
+    log_path.rename(previous)
+    return previous.name
+
+
 def record_checkpoint(
     record_path: Path, name: str, summary: dict, command: str, previous_log: str | None = None
 ) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from art_patch_defenses.data import load_dataset
-from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint, save_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, keep_previous_log, record_checkpoint, save_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD, build_model
 from art_patch_defenses.models.training import accuracy, train_classifier
 from art_patch_defenses.paths import checkpoints_dir
@@ -33,13 +33,7 @@ def finetune_cifar_resnet(
     """
     name = f"cifar_resnet{depth}"
     log_path = out.with_suffix(".log")
-    previous_log = None
-    if init != "pretrained" and log_path.is_file():
-        part = 1
-        while log_path.with_suffix(f".part{part}.log").is_file():
-            part += 1
-        previous_log = log_path.with_suffix(f".part{part}.log")
-        log_path.rename(previous_log)
+    previous_log = keep_previous_log(log_path) if init != "pretrained" else None
     log = file_logger(log_path)
 
     command = "python -m art_patch_defenses.models.finetune " + " ".join(sys.argv[1:])
@@ -69,7 +63,7 @@ def finetune_cifar_resnet(
     }
     log(json.dumps(summary))
     record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command,
-                      previous_log=previous_log.name if previous_log else None)
+                      previous_log=previous_log)
     return summary
 
 

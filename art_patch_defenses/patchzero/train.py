@@ -17,7 +17,7 @@ from pathlib import Path
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, make_classifier, save_checkpoint
-from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, keep_previous_log, record_checkpoint
 from art_patch_defenses.patchzero.training import PatchZeroTrainingConfig, train_patchzero
 from art_patch_defenses.paths import cache_dir, checkpoints_dir
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = PatchZeroTrainingConfig(**{f.name: getattr(args, f.name) for f in fields(PatchZeroTrainingConfig)})
     out = args.out or checkpoints_dir() / f"{args.dataset}_patchzero_{args.downstream}.pt"
+    previous_log = keep_previous_log(out.with_suffix(".log")) if args.init_from else None
     log = file_logger(out.with_suffix(".log"))
 
     command = "python -m art_patch_defenses.patchzero.train " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -61,11 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "checkpoint": out.name, "sha256": sha, "dataset": args.dataset, "train_images": len(train),
         "downstream": f"{args.downstream} ({args.weights})", "fill_value": fill_value,
-        "training": asdict(config), "seconds": round(time.time() - start),
+        "training": asdict(config), "init": config.init_from or None, "seconds": round(time.time() - start),
         "size_bytes": out.stat().st_size,
     }
     log(json.dumps(summary))
-    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
 
 
 if __name__ == "__main__":

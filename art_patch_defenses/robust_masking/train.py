@@ -24,11 +24,11 @@ from art_patch_defenses.data import load_dataset
 from art_patch_defenses.geometry import feature_window, window_masks
 from art_patch_defenses.models import build_model, save_checkpoint
 from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN
-from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, keep_previous_log, record_checkpoint, sha256_of
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.models.training import train_classifier
 from art_patch_defenses.paths import checkpoints_dir
-from art_patch_defenses.robust_masking.backbones import ds_base_from
+from art_patch_defenses.robust_masking.backbones import ds_base_from, load_backbone
 from art_patch_defenses.robust_masking.training import train_robust_masking
 
 #: The (x, 1 - x) encoding is built from raw [0, 1] pixels, so DS bases take them unnormalised.
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", choices=("ds", "bagnet"), default="ds")
     parser.add_argument("--band-width", type=int, default=4)
     parser.add_argument("--patch-size", type=int, default=5, help="patch side the bagnet training targets")
-    parser.add_argument("--init", default="cifar_resnet20:finetuned", help="DS warm start: model:weights")
+    parser.add_argument("--init", default="cifar_resnet20:finetuned",
+                        help="warm start: model:weights (DS from a CIFAR ResNet) or a backbone checkpoint (.pt) "
+                        "to continue training")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -60,32 +62,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or checkpoints_dir() / f"cifar10_robust_masking_{args.backbone}.pt"
+    continued = args.init.endswith(".pt")
+    if continued:  # read the starting weights before ``out`` (possibly the same file) is rewritten
+        init = Path(args.init) if Path(args.init).is_file() else checkpoints_dir() / args.init
+        init_sha = sha256_of(init)
+        backbone = load_backbone(init)
+        base = torch.load(init, map_location="cpu", weights_only=True).get("base")
+    previous_log = keep_previous_log(out.with_suffix(".log")) if continued else None
     log = file_logger(out.with_suffix(".log"))
 
     command = "python -m art_patch_defenses.robust_masking.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log(f"command: {command}")
+    if continued:
+        log(f"continues from {init.name} (sha256 {init_sha})")
     torch.manual_seed(args.seed)
     train = load_dataset("cifar10", "train")
     start = time.time()
     if args.backbone == "ds":
-        name, weights = args.init.split(":")
-        backbone = ColumnBandNet(ds_base_from(build_model(name, weights)), args.band_width)
+        if not continued:
+            base = args.init.split(":")[0]
+            backbone = ColumnBandNet(ds_base_from(build_model(*args.init.split(":"))), args.band_width)
         train_classifier(backbone, train.x, train.y, *IDENTITY_NORMALISATION, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, loss_fn=random_band_loss(backbone), log=log)
-        settings = {"backbone": "ds", "band_width": args.band_width, "base": name}
+        settings = {"backbone": "ds", "band_width": backbone.band_width, "base": base}
     else:
-        backbone = LocalLogitsCNN(num_classes=10)
+        backbone = backbone if continued else LocalLogitsCNN(num_classes=10)
         window = feature_window(args.patch_size, backbone.receptive_field[0], backbone.stride[0])
         windows = window_masks(backbone.feature_map_size((32, 32)), (window, window))
         train_robust_masking(backbone, train.x, train.y, windows, CIFAR10_MEAN, CIFAR10_STD, epochs=args.epochs,
                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
         settings = {"backbone": "bagnet", "trained_for_patch": args.patch_size}
     sha = save_checkpoint(backbone, out, **settings)
-    summary = {"checkpoint": out.name, "sha256": sha, **settings, "epochs": args.epochs, "lr": args.lr,
+    summary = {"checkpoint": out.name, "sha256": sha, **settings, "init": args.init, "epochs": args.epochs,
+               "lr": args.lr,
                "train_images": len(train), "seconds": round(time.time() - start),
                "size_bytes": out.stat().st_size}
     log(json.dumps(summary))
-    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
 
 
 if __name__ == "__main__":
