@@ -123,7 +123,7 @@ def small_estimator():
 
 def test_estimator_predicts_and_certifies_from_its_local_logits(small_estimator):
     x = np.random.default_rng(0).random((6, 3, 32, 32), dtype=np.float32)
-    u = small_estimator.local_logits(x)
+    u = small_estimator.local_features(x)
     windows = small_estimator.windows_for(5)
     assert u.shape == (6, 12, 12, 10) and windows.shape == (36, 12, 12)  # 7x7 windows (5 + 9 - 1) / 2
     predictions = small_estimator.predict(x).argmax(1)
@@ -149,7 +149,27 @@ def test_estimator_is_attackable_and_revalidates(small_estimator):
     with pytest.raises(ValueError, match="threshold"):
         small_estimator.set_params(threshold=1.0)
     assert small_estimator.threshold == 0.0
+    with pytest.raises(ValueError, match="feature_type"):
+        small_estimator.set_params(feature_type="votes")
+    assert small_estimator.feature_type == "logits" and small_estimator.model.feature_type == "logits"
     small_estimator.set_params(patch_size=5)
+
+
+def test_one_hot_prediction_features_vote_and_stay_attackable(small_estimator):
+    x = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
+    logits = small_estimator.local_features(x)
+    small_estimator.set_params(feature_type="prediction")
+    try:
+        votes = small_estimator.local_features(x)
+        np.testing.assert_array_equal(votes, np.eye(10)[logits.argmax(-1)])
+        windows = small_estimator.windows_for(5)
+        y = robust_predict(votes, windows, 0.0)
+        np.testing.assert_array_equal(small_estimator.predict(x).argmax(1), y)
+        np.testing.assert_array_equal(small_estimator.certify(x, y).certified, certify(votes, y, windows, 0.0))
+        gradient = small_estimator.loss_gradient(x, np.eye(10)[y])
+        assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0  # straight-through softmax gradient
+    finally:
+        small_estimator.set_params(feature_type="logits")
 
 
 def test_masked_feature_loss_removes_the_true_class_top_window():

@@ -8,7 +8,7 @@ from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
 
 #: Registered models that are robust-masking backbones (local logits).
 BACKBONE_MODELS = ("cifar_mask_ds", "cifar_bagnet", "mnist_bagnet")
-_MASKING_KEYS = ("patch_size", "threshold", "feature_clip")
+_MASKING_KEYS = ("patch_size", "threshold", "feature_clip", "feature_type")
 
 
 def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
@@ -16,7 +16,7 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     """Armory-style factory: a registered backbone wrapped as :class:`PyTorchRobustMasking`.
 
     ``model_kwargs``: ``name`` (one of :data:`BACKBONE_MODELS`), ``weights`` (a tag or a file) and the masking
-    settings ``patch_size`` (pixels), ``threshold``, ``feature_clip``; ``wrapper_kwargs`` go to
+    settings ``patch_size`` (pixels), ``threshold``, ``feature_clip``, ``feature_type``; ``wrapper_kwargs`` go to
     :func:`art_patch_defenses.models.make_classifier` (e.g. ``device_type``).
     """
     from art_patch_defenses.models import build_model, make_classifier

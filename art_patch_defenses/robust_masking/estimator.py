@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 
 from art_patch_defenses.certification import CertificationResult
 from art_patch_defenses.geometry import feature_window, window_masks
-from art_patch_defenses.robust_masking.masking import certify, masked_evidence, robust_predict
+from art_patch_defenses.robust_masking.masking import (
+    FEATURE_TYPES,
+    certify,
+    local_features,
+    masked_evidence,
+    robust_predict,
+)
 from art_patch_defenses.validation import check_images, check_labels
 
 
@@ -25,21 +31,26 @@ class RobustMaskingHead(nn.Module):
     """``backbone`` (local logits ``(N, X, Y, C)``) followed by robust masking: returns class evidence ``(N, C)``."""
 
     def __init__(self, backbone: nn.Module, windows: np.ndarray, threshold: float,
-                 feature_clip: tuple[float, float]) -> None:
+                 feature_clip: tuple[float, float], feature_type: str = "logits") -> None:
         super().__init__()
         self.backbone = backbone
         self.register_buffer("windows", torch.from_numpy(windows.astype(np.float32)), persistent=False)
         self.threshold = threshold
         self.feature_clip = feature_clip
+        self.feature_type = feature_type
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Local features ``(N, X, Y, C)`` of the head's type (before clipping)."""
+        return local_features(self.backbone(x), self.feature_type)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return masked_evidence(self.backbone(x), self.windows, self.threshold, *self.feature_clip)
+        return masked_evidence(self.features(x), self.windows, self.threshold, *self.feature_clip)
 
 
 class RobustMaskingMixin:
-    """The certifier's algorithm on top of an estimator that provides :meth:`local_logits`."""
+    """The certifier's algorithm on top of an estimator that provides :meth:`local_features`."""
 
-    def local_logits(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    def local_features(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
         raise NotImplementedError
 
     def windows_for(self, patch_size: int) -> np.ndarray:
@@ -58,7 +69,7 @@ class RobustMaskingMixin:
         windows = self.windows_for(patch_size if patch_size is not None else self.patch_size)
         predictions, certified = [], []
         for start in tqdm(range(0, len(x), batch_size), desc="certify", disable=not verbose):
-            u = self.local_logits(x[start : start + batch_size], batch_size)
+            u = self.local_features(x[start : start + batch_size], batch_size)
             predictions.append(robust_predict(u, windows, self.threshold, *self.feature_clip))
             certified.append(certify(u, y[start : start + batch_size], windows, self.threshold, *self.feature_clip))
         return CertificationResult(prediction=np.concatenate(predictions), certified=np.concatenate(certified))
@@ -78,31 +89,48 @@ class PyTorchRobustMasking(RobustMaskingMixin, PyTorchClassifier):
         ``receptive_field``, ``stride`` and ``wrap`` (pairs) and ``feature_map_size(input_hw)``.
     :param patch_size: side in pixels of the patch the defence (and its certificate) is set for.
     :param threshold: T in [0, 1) (paper: 0 for the provable analysis).
-    :param feature_clip: ``(c_low, c_high)`` applied to local logits (paper: ``[0, inf)``).
+    :param feature_clip: ``(c_low, c_high)`` applied to the local features (paper: ``[0, inf)``).
+    :param feature_type: ``"logits"``, ``"confidence"`` (softmax) or ``"prediction"`` (one-hot, a vote per
+        location as in de-randomized smoothing; attacked through the softmax's gradient).
     Other arguments are ``PyTorchClassifier``'s; its ``predict`` returns the masked class evidence.
     """
 
-    estimator_params = PyTorchClassifier.estimator_params + ["patch_size", "threshold", "feature_clip"]
+    masking_params = ["patch_size", "threshold", "feature_clip", "feature_type"]
+    estimator_params = PyTorchClassifier.estimator_params + masking_params
 
     def __init__(self, backbone: nn.Module, loss, input_shape: tuple[int, ...], nb_classes: int,
                  patch_size: int = 5, threshold: float = 0.0,
-                 feature_clip: tuple[float, float] = (0.0, float("inf")), **kwargs: Any) -> None:
+                 feature_clip: tuple[float, float] = (0.0, float("inf")), feature_type: str = "logits",
+                 **kwargs: Any) -> None:
         self._backbone_geometry = backbone
-        self._patch_size = patch_size
-        self._threshold = threshold
-        self._feature_clip = tuple(feature_clip)
-        self._check_masking(patch_size, threshold, feature_clip, input_shape)
-        head = RobustMaskingHead(backbone, self.windows_for(patch_size, input_shape), threshold, self._feature_clip)
+        self._masking = {"patch_size": patch_size, "threshold": threshold, "feature_clip": tuple(feature_clip),
+                         "feature_type": feature_type}
+        self._check_masking(input_shape=input_shape, **self._masking)
+        head = RobustMaskingHead(backbone, self.windows_for(patch_size, input_shape), threshold,
+                                 self._masking["feature_clip"], feature_type)
         super().__init__(head, loss, input_shape, nb_classes, **kwargs)
 
     @staticmethod
-    def _check_masking(patch_size, threshold, feature_clip, input_shape) -> None:
+    def _check_masking(patch_size, threshold, feature_clip, feature_type, input_shape) -> None:
         if not isinstance(patch_size, (int, np.integer)) or not 1 <= patch_size <= min(input_shape[-2:]):
             raise ValueError(f"patch_size must be an integer in [1, {min(input_shape[-2:])}] pixels, got {patch_size}")
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {threshold}")
         if len(feature_clip) != 2 or not feature_clip[0] < feature_clip[1]:
             raise ValueError(f"feature_clip must be (low, high) with low < high, got {feature_clip}")
+        if feature_type not in FEATURE_TYPES:
+            raise ValueError(f"feature_type must be one of {', '.join(FEATURE_TYPES)}, got {feature_type!r}")
+
+    def _update_masking(self, **change: Any) -> None:
+        """Validate the masking settings with ``change`` applied, then apply it and refresh the head; a bad value
+        raises and leaves every setting as it was."""
+        if "feature_clip" in change:
+            change["feature_clip"] = tuple(change["feature_clip"])
+        self._check_masking(input_shape=self.input_shape, **(self._masking | change))
+        self._masking.update(change)
+        head = self.model
+        head.windows = torch.from_numpy(self.windows_for(self.patch_size).astype(np.float32)).to(self.device)
+        head.threshold, head.feature_clip, head.feature_type = self.threshold, self.feature_clip, self.feature_type
 
     def windows_for(self, patch_size: int, input_shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Cell masks of every feature window a ``patch_size``-pixel patch can corrupt."""
@@ -112,48 +140,23 @@ class PyTorchRobustMasking(RobustMaskingMixin, PyTorchClassifier):
                        for r, s in zip(backbone.receptive_field, backbone.stride, strict=True))
         return window_masks(backbone.feature_map_size(input_hw), window, backbone.wrap)
 
-    def _refresh_head(self) -> None:
-        head = self.model
-        head.windows = torch.from_numpy(self.windows_for(self._patch_size).astype(np.float32)).to(self.device)
-        head.threshold, head.feature_clip = self._threshold, self._feature_clip
+    patch_size = property(lambda self: self._masking["patch_size"],
+                          lambda self, value: self._update_masking(patch_size=value))
+    threshold = property(lambda self: self._masking["threshold"],
+                         lambda self, value: self._update_masking(threshold=value))
+    feature_clip = property(lambda self: self._masking["feature_clip"],
+                            lambda self, value: self._update_masking(feature_clip=value))
+    feature_type = property(lambda self: self._masking["feature_type"],
+                            lambda self, value: self._update_masking(feature_type=value))
 
-    @property
-    def patch_size(self) -> int:
-        return self._patch_size
-
-    @patch_size.setter
-    def patch_size(self, value: int) -> None:
-        self._check_masking(value, self._threshold, self._feature_clip, self.input_shape)
-        self._patch_size = value
-        self._refresh_head()
-
-    @property
-    def threshold(self) -> float:
-        return self._threshold
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        self._check_masking(self._patch_size, value, self._feature_clip, self.input_shape)
-        self._threshold = value
-        self._refresh_head()
-
-    @property
-    def feature_clip(self) -> tuple[float, float]:
-        return self._feature_clip
-
-    @feature_clip.setter
-    def feature_clip(self, value: tuple[float, float]) -> None:
-        self._check_masking(self._patch_size, self._threshold, value, self.input_shape)
-        self._feature_clip = tuple(value)
-        self._refresh_head()
-
-    def local_logits(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        """The backbone's local logits ``(N, X, Y, C)`` for images ``x`` (the estimator's preprocessing applied)."""
+    def local_features(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """Local features ``(N, X, Y, C)`` of the estimator's ``feature_type`` for images ``x`` (the estimator's
+        preprocessing applied; not yet clipped)."""
         self.model.eval()
         out = []
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 batch, _ = self._apply_preprocessing(x[start : start + batch_size], y=None, fit=False)
                 batch = torch.as_tensor(batch, device=self.device)
-                out.append(self.model.backbone(batch).double().cpu().numpy())
+                out.append(self.model.features(batch).double().cpu().numpy())
         return np.concatenate(out)

@@ -27,6 +27,28 @@ def clip_features(u, c_low: float = 0.0, c_high: float = float("inf")):
     return np.clip(u, c_low, c_high)
 
 
+#: The paper's local feature types (section 3.4): raw logits (clipped to ``[c_low, c_high]``), confidences
+#: (softmax over classes) and one-hot predictions; the last two already lie in [0, 1].
+FEATURE_TYPES = ("logits", "confidence", "prediction")
+
+
+def local_features(logits: torch.Tensor, feature_type: str = "logits") -> torch.Tensor:
+    """Local features ``(N, X, Y, C)`` of the given type from local logits.
+
+    ``"prediction"`` is one-hot in value; its gradient is the softmax's (straight-through), so an attacker of the
+    defended model still gets a useful gradient (BPDA) instead of zero.
+    """
+    if feature_type == "logits":
+        return logits
+    confidence = torch.softmax(logits, dim=-1)
+    if feature_type == "confidence":
+        return confidence
+    if feature_type == "prediction":
+        one_hot = torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
+        return confidence + (one_hot - confidence).detach()
+    raise ValueError(f"feature_type must be one of {', '.join(FEATURE_TYPES)}, got {feature_type!r}")
+
+
 def masked_evidence(
     u: torch.Tensor, windows: torch.Tensor, threshold: float, c_low: float = 0.0, c_high: float = float("inf")
 ) -> torch.Tensor:
