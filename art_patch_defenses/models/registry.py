@@ -1,8 +1,9 @@
 """A registry of the project's models, so that a config can name one, and the ART classifier factory.
 
-Weights are named by a short tag (``"pretrained"``: the shared He et al. weights; ``"finetuned"``: this
-project's JPEG fine-tuned checkpoints; ``"trained"``: this project's robust-masking checkpoints; ``"embedded"``:
-trained on the embedded MNIST digits on first use and cached; ``"none"``: untrained) or given as a path.
+Weights are named by a short tag or given as a path. Tags: ``"pretrained"`` (the shared He et al. weights),
+``"finetuned"`` (this project's JPEG fine-tuned checkpoints), ``"mrs"`` (fine-tuned with noise in random squares,
+for MRS), ``"trained"`` (this project's robust-masking backbones), ``"embedded"`` (trained on the embedded MNIST
+digits on first use and cached), ``"none"`` (untrained).
 """
 
 from __future__ import annotations
@@ -47,10 +48,15 @@ def _finetuned_resnet(depth: int) -> Callable[[], Path]:
     return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_finetuned.pt"
 
 
+def _mrs_resnet(depth: int) -> Callable[[], Path]:
+    return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_mrs.pt"
+
+
 def _resnet_spec(depth: int) -> ModelSpec:
     weights = {}
     if depth in (20, 56):
-        weights = {"pretrained": _pretrained_resnet(depth), "finetuned": _finetuned_resnet(depth)}
+        weights = {"pretrained": _pretrained_resnet(depth), "finetuned": _finetuned_resnet(depth),
+                   "mrs": _mrs_resnet(depth)}
     return ModelSpec(
         factory=lambda: cifar_resnet(depth), input_shape=(3, 32, 32), nb_classes=10,
         mean=CIFAR10_MEAN, std=CIFAR10_STD, weights=weights,
