@@ -163,3 +163,18 @@ def test_certifier_from_config_reports_its_certificate(tmp_path):
         get_art_model({"name": "mnist_cnn"})
     with pytest.raises(ValueError, match="unknown model_kwargs"):
         get_art_model({"name": "mnist_bagnet", "alpha": 1.0})
+
+
+def test_mrs_from_config_is_attacked_with_eot_and_certifies(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["dataset"]["n"] = 10
+    config["model"] = {"module": "art_patch_defenses.mrs", "name": "get_art_model",
+                       "model_kwargs": {"name": "mnist_cnn", "weights": "embedded", "sigma_255": 64,
+                                        "sample_size": 20, "n0": 5, "patch_size": 7, "stride": 4}}
+    config["attack"] = {"module": "art_patch_defenses.attacks.eot", "name": "masked_pgd_eot", "type": "masked",
+                        "patch_size": 0.05, "location": "random",
+                        "kwargs": {"norm": "inf", "eps": 1.0, "eps_step": 0.1, "max_iter": 2, "eot_samples": 2}}
+    results = run_suite(config, tmp_path, verbose=False)["outcomes"][0].record["results"]
+    assert results["certified_patch_pixels"] == 7 and 0.0 <= results["certified_accuracy"] <= 1.0
+    assert results["max_change_outside_patch"] == 0.0
+    assert 0.0 <= results["abstain_rate_benign"] <= 1.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from art_patch_defenses.mrs.smoothing import masked_noise
 from art_patch_defenses.validation import check_images, check_labels
@@ -33,29 +34,34 @@ def masked_pgd_eot(
     x: np.ndarray,
     mask: np.ndarray,
     y: np.ndarray,
-    sigma: float,
+    sigma: float | None = None,
     noise_mask: np.ndarray | None = None,
-    norm: float = np.inf,
+    norm: float | str = np.inf,
     eps: float = 1.0,
     eps_step: float = 0.05,
     max_iter: int = 20,
     eot_samples: int = 8,
     restarts: int = 1,
     seed: int = 0,
+    verbose: bool = False,
 ) -> np.ndarray:
     """Untargeted masked PGD with EOT over masked Gaussian noise.
 
     :param estimator: an ART classifier whose ``loss_gradient`` is the base classifier's (e.g. ``PyTorchMRS``).
-    :param mask: ``(N, H, W)`` patch masks: the only pixels the attack changes.
+    :param mask: ``(N, H, W)`` patch masks (or ``x``-shaped ones): the only pixels the attack changes.
+    :param sigma: the smoothing noise std (default: the estimator's ``sigma``).
     :param noise_mask: ``(N, H, W)`` smoothing regions (default: ``mask``).
-    :param norm: ``np.inf`` or ``2``; ``eps`` and ``eps_step`` in [0, 1] pixel units.
+    :param norm: ``np.inf`` (or ``"inf"``) or ``2``; ``eps`` and ``eps_step`` in [0, 1] pixel units.
     :return: adversarial images, equal to ``x`` outside ``mask``.
     """
     check_images(x, "x", clip_values=(0.0, 1.0))
     y = check_labels(y, len(x), estimator.nb_classes)
+    norm = np.inf if norm in ("inf", np.inf) else norm
     if norm not in (np.inf, 2):
         raise ValueError(f"norm must be np.inf or 2, got {norm}")
+    sigma = estimator.sigma if sigma is None else sigma
     mask = np.asarray(mask, dtype=bool)
+    mask = mask.any(axis=1) if mask.ndim == 4 else mask
     if mask.shape != (len(x), *x.shape[2:]):
         raise ValueError(f"mask must be (N, H, W) = {(len(x), *x.shape[2:])}, got {mask.shape}")
     noise_mask = mask if noise_mask is None else np.asarray(noise_mask, dtype=bool)
@@ -71,7 +77,7 @@ def masked_pgd_eot(
         return right / eot_samples
 
     best, best_score = x.copy(), np.full(len(x), np.inf)
-    for restart in range(restarts):
+    for restart in tqdm(range(restarts), desc="masked PGD + EOT restarts", disable=not verbose):
         delta = np.zeros_like(x)
         if restart > 0:  # random start inside the budget
             delta = _project(rng.uniform(-eps, eps, size=x.shape).astype(np.float32) * pixels, norm, eps)

@@ -103,6 +103,15 @@ class MRSMixin:
         right = result.prediction == y
         return float(right.mean()), float((right & (result.radius >= radius)).mean())
 
+    def certified_accuracy(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None,
+                           radius: float = from_255(25.0)) -> float:
+        """Fraction of ``x`` whose localised, smoothed prediction is right with an L2 radius of at least ``radius``
+        (the evaluation runner's common certifier interface; ``patch_size`` must be the estimator's own)."""
+        if patch_size is not None and patch_size != self.patch_size:
+            raise ValueError(f"this MRS localises {self.patch_size}-px blocks, not {patch_size}; "
+                             "set_params(patch_size=...) first")
+        return self.eval_and_certify(x, y, radius)[1]
+
     def smoothed_predict(self, x: np.ndarray, mask: np.ndarray | None = None, batch_size: int = 256,
                          seed: int | None = None, verbose: bool = False) -> np.ndarray:
         """ART's randomized-smoothing PREDICT with masked noise: one-hot rows, a zero row where it abstains."""

@@ -74,6 +74,11 @@ class RobustMaskingMixin:
             certified.append(certify(u, y[start : start + batch_size], windows, self.threshold, *self.feature_clip))
         return CertificationResult(prediction=np.concatenate(predictions), certified=np.concatenate(certified))
 
+    def certified_accuracy(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None) -> float:
+        """Fraction of ``x`` certified correct against any one patch of ``patch_size`` pixels (the evaluation
+        runner's common certifier interface)."""
+        return float(np.mean(self.certify(x, y, patch_size).certified))
+
     def eval_and_certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None,
                          batch_size: int = 128, verbose: bool = False) -> tuple[float, float]:
         """Clean accuracy of the robust prediction and certified accuracy, as ART's de-randomized smoothing."""
