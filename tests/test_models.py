@@ -53,6 +53,22 @@ def test_a_tampered_known_weight_file_is_refused(tmp_path):
         load_weights(cifar_resnet(20), fake)
 
 
+def test_a_project_checkpoint_is_checked_against_its_record(tmp_path, monkeypatch):
+    import json
+
+    from art_patch_defenses.models.checkpoints import record_checkpoint
+
+    monkeypatch.setenv("ART_PATCH_DEFENSES_CHECKPOINTS", str(tmp_path))
+    path = tmp_path / "model.pt"
+    digest = save_checkpoint(cifar_resnet(20), path)
+    record_checkpoint(tmp_path / "checkpoints.json", path.name, {"sha256": digest}, "made by a test")
+    load_weights(cifar_resnet(20), path)  # matches its record
+    save_checkpoint(cifar_resnet(20), path)  # replaced without updating the record
+    assert json.loads((tmp_path / "checkpoints.json").read_text())["model.pt"]["sha256"] == digest
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_weights(cifar_resnet(20), path)
+
+
 @needs_shared
 @pytest.mark.parametrize("depth", [20, 56])
 def test_pretrained_weights_load_key_for_key(depth):

@@ -27,6 +27,17 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def recorded_sha256(path: str | Path) -> str | None:
+    """The sha256 that ``checkpoints.json`` records for a file in the project's ``checkpoints/``, if any."""
+    from art_patch_defenses.paths import checkpoints_dir
+
+    path = Path(path)
+    record = checkpoints_dir() / "checkpoints.json"
+    if path.resolve().parent != checkpoints_dir().resolve() or not record.is_file():
+        return None
+    return json.loads(record.read_text()).get(path.name, {}).get("sha256")
+
+
 def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Read a state dict from ``path``, checking its sha256 first.
 
@@ -34,14 +45,15 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
     ResNets and of this project's checkpoints). The ``module.`` prefix of ``DataParallel`` saves is removed.
 
     :param path: checkpoint file.
-    :param sha256: expected digest; defaults to :data:`KNOWN_SHA256` for known file names, else unchecked.
+    :param sha256: expected digest; defaults to :data:`KNOWN_SHA256` for known file names and to the record in
+        ``checkpoints/checkpoints.json`` for this project's checkpoints, else unchecked.
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises ValueError: if the digest does not match or the file holds no state dict.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    expected = sha256 or KNOWN_SHA256.get(path.name)
+    expected = sha256 or KNOWN_SHA256.get(path.name) or recorded_sha256(path)
     if expected is not None:
         actual = sha256_of(path)
         if actual != expected:

@@ -28,16 +28,12 @@ from art_patch_defenses.patchzero.detector import detector_logits, load_detector
 
 
 def _locate_checkpoint(path: str | Path, sha256: str | None) -> tuple[Path, str | None]:
-    import json
-
+    """A bare file name means the project's ``checkpoints/`` (whose record supplies the sha256 on load)."""
     from art_patch_defenses.paths import checkpoints_dir
 
     path = Path(path)
     if path.parent == Path(".") and not path.is_file():
-        record_file = checkpoints_dir() / "checkpoints.json"
         path = checkpoints_dir() / path
-        if sha256 is None and record_file.is_file():
-            sha256 = json.loads(record_file.read_text()).get(path.name, {}).get("sha256")
     return path, sha256
 
 
