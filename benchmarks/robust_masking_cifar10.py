@@ -167,7 +167,9 @@ def main() -> None:
             "images": f"first {args.attack_n} of the evaluation slice",
         },
     }
-    write_result("robust_masking_cifar10", config, results)
+    # The committed (better) backbone writes the main result; the other one beside it.
+    write_result("robust_masking_cifar10" if args.backbone == "ds" else f"robust_masking_cifar10_{args.backbone}",
+                 config, results)
 
 
 if __name__ == "__main__":
