@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import pyplot, save_figure, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.attacks.eot import masked_pgd_eot  # noqa: E402
@@ -48,11 +48,7 @@ RADII_255 = (0, 5, 10, 15, 20, 25, 30, 40, 50, 60)
 
 def plot_r_accuracy(curves: dict[str, list[float]], path: Path) -> None:
     """Certified accuracy against the L2 radius (0-255 units)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, values in curves.items():
         ax.plot(RADII_255, values, "o-", label=label)
@@ -60,10 +56,7 @@ def plot_r_accuracy(curves: dict[str, list[float]], path: Path) -> None:
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import pyplot, save_figure, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -46,11 +46,7 @@ PATCH_SIDES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12)
 
 def plot_certified_by_patch_size(by_side: dict, vanilla: float, backbone: str, path: Path) -> None:
     """Certified accuracy against patch side (and area), with the undefended backbone's clean accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sides = list(by_side)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(sides, [by_side[s] for s in sides], "o-", label=f"certified (robust masking, {backbone})")
@@ -61,10 +57,7 @@ def plot_certified_by_patch_size(by_side: dict, vanilla: float, backbone: str, p
     top = ax.secondary_xaxis("top", functions=(lambda s: 100 * s**2 / 1024, lambda a: np.sqrt(a * 1024 / 100)))
     top.set_xlabel("patch area (%)")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
