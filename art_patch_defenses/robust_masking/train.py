@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
         settings = {"backbone": "bagnet", "trained_for_patch": args.patch_size}
     sha = save_checkpoint(backbone, out, **settings)
-    summary = {"checkpoint": out.name, "sha256": sha, **settings, "init": args.init, "epochs": args.epochs,
-               "lr": args.lr,
-               "train_images": len(train), "seconds": round(time.time() - start),
+    init_used = args.init if continued or args.backbone == "ds" else None  # a fresh BagNet starts from scratch
+    summary = {"checkpoint": out.name, "sha256": sha, **settings, "init": init_used, "epochs": args.epochs,
+               "lr": args.lr, "train_images": len(train), "seconds": round(time.time() - start),
                "size_bytes": out.stat().st_size}
     log(json.dumps(summary))
     record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
