@@ -152,3 +152,33 @@ def receptive_field(layers: list[tuple[int, int, int]]) -> tuple[int, int, int]:
         field += (kernel - 1) * stride
         stride *= layer_stride
     return field, stride, offset
+
+
+def receptive_intervals(map_length: int, input_length: int, layers: list[tuple[int, int, int]]) -> np.ndarray:
+    """Boolean ``(map_length, input_length)``: True where feature ``i`` of the chain sees input pixel ``a``.
+
+    Each feature's field is the interval :func:`receptive_field` gives (the chain's kernels, strides and paddings
+    composed layer by layer), clipped to the image: padding contributes no pixel.
+    """
+    field, stride, offset = receptive_field(layers)
+    starts = offset + stride * np.arange(map_length)
+    pixels = np.arange(input_length)
+    return (pixels[None, :] >= starts[:, None]) & (pixels[None, :] < starts[:, None] + field)
+
+
+def back_project(kept: np.ndarray, layers: list[tuple[int, int, int]], input_hw: tuple[int, int]) -> np.ndarray:
+    """Input region ``(..., H, W)`` that the features marked in ``kept`` ``(..., h, w)`` see through ``layers``.
+
+    Pixels outside it cannot change a kept feature (ScaleCert's candidate region R, section 3.2).
+    """
+    rows = receptive_intervals(kept.shape[-2], input_hw[0], layers).astype(np.float32)
+    cols = receptive_intervals(kept.shape[-1], input_hw[1], layers).astype(np.float32)
+    return (rows.T @ kept.astype(np.float32) @ cols) > 0
+
+
+def affected_features(pixels: np.ndarray, layers: list[tuple[int, int, int]], map_hw: tuple[int, int]) -> np.ndarray:
+    """Features ``(..., h, w)`` whose receptive field meets the input pixels marked in ``pixels`` ``(..., H, W)``:
+    the only features a change of those pixels can change."""
+    rows = receptive_intervals(map_hw[0], pixels.shape[-2], layers).astype(np.float32)
+    cols = receptive_intervals(map_hw[1], pixels.shape[-1], layers).astype(np.float32)
+    return (rows @ pixels.astype(np.float32) @ cols.T) > 0

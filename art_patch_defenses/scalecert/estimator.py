@@ -1,0 +1,227 @@
+"""ScaleCert as an ART certification estimator: ``PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier)``.
+
+The wrapped model runs with the SIN mask after its superficial layer (:mod:`.sin`); that sparse model is what
+``predict_base`` and ART's gradients see, so white-box attacks attack the defended network. ``detect`` is
+Algorithm 1, ``certify`` is Algorithm 2; both classify the occluded copies for the merged windows that meet the
+image's candidate region R, in batches. ``predict`` is the detector: the sparse model's scores, a zero row where it
+alerts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from art.estimators.classification import PyTorchClassifier
+from tqdm.auto import tqdm
+
+from art_patch_defenses.certification import CertificationResult
+from art_patch_defenses.geometry import back_project
+from art_patch_defenses.scalecert.detection import certify_from_labels, detect_from_labels
+from art_patch_defenses.scalecert.sin import ScaleCertNet, layer_after_first_convolution
+from art_patch_defenses.scalecert.windows import OcclusionWindows, occlusion_windows
+from art_patch_defenses.validation import check_images, check_labels
+
+
+@dataclass
+class Detection:
+    """Per-sample outcome of ScaleCert's detector (Algorithm 1) and what it ran.
+
+    :param prediction: the detector's label, -1 where it alerts.
+    :param alert: True where it alerts.
+    :param location: ``(N, 2)`` top-left of the suspected patch placement, -1 where no alert.
+    :param base_prediction: the sparse model's label on the unoccluded image (``y*``).
+    :param window_labels: ``(N, W)`` labels of the occluded copies (``y*`` for windows that were not run).
+    :param evaluated: ``(N, W)`` which windows met the candidate region and were run.
+    :param winners: ``(N, h, w)`` the SIN winners of the unoccluded image.
+    """
+
+    prediction: np.ndarray
+    alert: np.ndarray
+    location: np.ndarray
+    base_prediction: np.ndarray
+    window_labels: np.ndarray
+    evaluated: np.ndarray
+    winners: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.prediction)
+
+
+class ScaleCertMixin:
+    """ScaleCert's detection and certification on top of an estimator that classifies occluded copies."""
+
+    def _labels_and_winners(self, x: np.ndarray, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Labels ``(N,)`` and SIN winners ``(N, h, w)`` of pixel-space images ``x``, with the superficial
+        features in ``excluded`` ``(N, h, w)`` kept from winning."""
+        raise NotImplementedError
+
+    def windows_for(self, patch_size: int | None = None) -> OcclusionWindows:
+        raise NotImplementedError
+
+    def detect(self, x: np.ndarray, patch_size: int | None = None, batch_size: int = 256,
+               verbose: bool = False) -> Detection:
+        """Algorithm 1 for a patch of ``patch_size`` pixels (default: the estimator's)."""
+        check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
+                     channels_first=self.channels_first)
+        windows = self.windows_for(patch_size)
+        base, winners = [], []
+        for start in range(0, len(x), batch_size):
+            labels, kept = self._labels_and_winners(x[start : start + batch_size], None)
+            base.append(labels)
+            winners.append(kept)
+        base_prediction, winners = np.concatenate(base), np.concatenate(winners)
+        # A window is run iff its occlusion would exclude a winner, i.e. it meets R (section 3.2).
+        evaluated = winners.reshape(len(x), -1) @ windows.features.reshape(len(windows.boxes), -1).T > 0
+        window_labels = np.repeat(base_prediction[:, None], len(windows.boxes), axis=1)
+        images, boxes = np.nonzero(evaluated)
+        for start in tqdm(range(0, len(images), batch_size), desc="occluded copies", disable=not verbose):
+            i, w = images[start : start + batch_size], boxes[start : start + batch_size]
+            pixels = windows.pixels[w][:, None] if self.channels_first else windows.pixels[w][..., None]
+            copies = np.where(pixels, np.float32(self.fill_value), x[i])
+            window_labels[i, w], _ = self._labels_and_winners(copies, windows.features[w])
+        prediction, alert, placement = detect_from_labels(base_prediction, window_labels, evaluated,
+                                                          windows.contains, self.nb_classes)
+        location = np.full((len(x), 2), -1)
+        location[placement >= 0] = windows.placements[placement[placement >= 0]]
+        for i in np.flatnonzero(alert & (placement < 0)):
+            location[i] = windows.boxes[np.argmax(window_labels[i] != base_prediction[i]), [0, 2]]
+        return Detection(prediction=prediction, alert=alert, location=location, base_prediction=base_prediction,
+                         window_labels=window_labels, evaluated=evaluated, winners=winners)
+
+    def certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None, batch_size: int = 256,
+                verbose: bool = False) -> CertificationResult:
+        """Algorithm 2: certified iff the sparse model and every occluded copy that meets the candidate region
+        say ``y``; then no patch of ``patch_size`` pixels anywhere can make the detector return a wrong label
+        without an alert (Theorem 1).
+
+        :return: :class:`CertificationResult` with the detector's ``prediction`` (-1 = alert) on ``x``,
+            ``certified``, ``alert`` and ``location``.
+        """
+        y = check_labels(y, len(x), self.nb_classes)
+        found = self.detect(x, patch_size, batch_size, verbose)
+        certified = certify_from_labels(found.base_prediction, found.window_labels, y)
+        return CertificationResult(prediction=found.prediction, certified=certified, alert=found.alert,
+                                   location=found.location)
+
+    def eval_and_certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None,
+                         batch_size: int = 256, verbose: bool = False) -> tuple[float, float]:
+        """Clean accuracy of the detector (an alert counts as wrong) and certified detection accuracy."""
+        y = check_labels(y, len(x), self.nb_classes)
+        result = self.certify(x, y, patch_size, batch_size, verbose)
+        return float(np.mean(result.prediction == y)), float(np.mean(result.certified))
+
+    def certified_accuracy(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None) -> float:
+        """Fraction of ``x`` certified against any one patch of ``patch_size`` pixels (the runner's interface)."""
+        return self.eval_and_certify(x, y, patch_size)[1]
+
+    def candidate_region(self, winners: np.ndarray) -> np.ndarray:
+        """Input pixels ``(N, H, W)`` that the SIN ``winners`` ``(N, h, w)`` see: the candidate region R."""
+        return back_project(winners, self.model.chain, tuple(self.input_shape[-2:]))
+
+
+class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
+    """ScaleCert (Han et al., NeurIPS 2021, https://proceedings.neurips.cc/paper/2021/hash/
+    5cf9a1ec5a26e3e6ec4ed8bbaf2b1fa4-Abstract.html) as an ART PyTorch classifier.
+
+    Certified detection: for a certified image, any patch of ``patch_size`` pixels anywhere either leaves the
+    prediction right or raises an alert.
+
+    :param model: the classifier (fine-tuned with the SIN mask: :mod:`.training`); it is wrapped in
+        :class:`.ScaleCertNet`, a forward hook on ``superficial_layer``.
+    :param superficial_layer: name of the module whose output is sparsified; default: the module that runs right
+        after the first convolution (``bn1`` of a ResNet). It must be reached through a chain of layers.
+    :param top_k: fraction of the superficial layer's spatial positions kept (the paper's k).
+    :param patch_size: side in pixels of the patch detection and certification are set for.
+    :param r: occluding windows have side ``patch_size + r - 1`` (paper: 3).
+    :param tau: overlap above which neighbouring windows are merged (paper: 0.3).
+    :param fill_value: pixel value (in the [0, 1] input scale) of occluded pixels (paper: 0).
+    Other arguments are ``PyTorchClassifier``'s.
+    """
+
+    scalecert_params = ["top_k", "patch_size", "r", "tau", "fill_value"]
+    estimator_params = PyTorchClassifier.estimator_params + scalecert_params
+
+    def __init__(self, model: torch.nn.Module, loss, input_shape: tuple[int, ...], nb_classes: int,
+                 superficial_layer: str | None = None, top_k: float = 0.1, patch_size: int = 5, r: int = 3,
+                 tau: float = 0.3, fill_value: float = 0.0, **kwargs: Any) -> None:
+        superficial_layer = superficial_layer or layer_after_first_convolution(model, tuple(input_shape))
+        net = ScaleCertNet(model, superficial_layer, top_k, tuple(input_shape))
+        super().__init__(net, loss, input_shape, nb_classes, **kwargs)
+        self.superficial_layer = superficial_layer
+        self.top_k, self.patch_size, self.r, self.tau, self.fill_value = top_k, patch_size, r, tau, fill_value
+        self._windows: dict[tuple[int, int, float], OcclusionWindows] = {}
+        self._check_scalecert_params()
+
+    @property
+    def top_k(self) -> float:
+        return self.model.sin.top_k
+
+    @top_k.setter
+    def top_k(self, value: float) -> None:
+        self.model.sin.top_k = value
+
+    def _check_scalecert_params(self) -> None:
+        if not 0.0 < self.top_k <= 1.0:
+            raise ValueError(f"top_k must be a fraction in (0, 1], got {self.top_k}")
+        self._check_patch_size(self.patch_size, min(self._image_hw()))
+        if not isinstance(self.r, (int, np.integer)) or self.r < 1:
+            raise ValueError(f"r must be a positive integer, got {self.r!r}")
+        if not 0.0 <= self.tau < 1.0:
+            raise ValueError(f"tau must be in [0, 1), got {self.tau}")
+        low, high = self.clip_values if self.clip_values is not None else (-np.inf, np.inf)
+        if not low <= self.fill_value <= high:
+            raise ValueError(f"fill_value must lie in the clip range {tuple(self.clip_values)}, got {self.fill_value}")
+
+    @staticmethod
+    def _check_patch_size(patch_size: Any, side: int) -> None:
+        if not isinstance(patch_size, (int, np.integer)) or not 1 <= patch_size <= side:
+            raise ValueError(f"patch_size must be an integer in [1, {side}] pixels, got {patch_size!r}")
+
+    def _image_hw(self) -> tuple[int, int]:
+        shape = self.input_shape
+        return tuple(shape[1:3]) if self.channels_first else tuple(shape[0:2])
+
+    def set_params(self, **kwargs: Any) -> None:
+        """Set parameters and re-validate; on a ``ValueError`` every parameter keeps its previous value."""
+        previous = {key: getattr(self, key) for key in kwargs if key in self.scalecert_params}
+        try:
+            super().set_params(**kwargs)
+            self._check_scalecert_params()
+        except ValueError:
+            for key, value in previous.items():
+                setattr(self, key, value)
+            raise
+
+    def windows_for(self, patch_size: int | None = None) -> OcclusionWindows:
+        """The merged occluding windows for ``patch_size`` (default: the estimator's), cached."""
+        patch_size = self.patch_size if patch_size is None else patch_size
+        self._check_patch_size(patch_size, min(self._image_hw()))
+        key = (int(patch_size), int(self.r), float(self.tau))
+        if key not in self._windows:
+            self._windows[key] = occlusion_windows(self._image_hw(), (patch_size, patch_size), self.r, self.tau,
+                                                   self.model.chain, self.model.map_hw)
+        return self._windows[key]
+
+    def _labels_and_winners(self, x: np.ndarray, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        net = self.model
+        net.eval()
+        batch, _ = self._apply_preprocessing(x.astype(np.float32), y=None, fit=False)
+        with torch.no_grad():
+            mask = None if excluded is None else torch.from_numpy(np.ascontiguousarray(excluded)).to(self.device)
+            logits = net(torch.as_tensor(batch, device=self.device), mask)
+        return logits.argmax(1).cpu().numpy(), net.last_winners.cpu().numpy()
+
+    def predict(self, x: np.ndarray, batch_size: int = 256, **kwargs: Any) -> np.ndarray:
+        """The detector: the sparse model's class scores, an all-zero row where ScaleCert alerts."""
+        scores = PyTorchClassifier.predict(self, x, batch_size=batch_size, **kwargs)
+        alert = self.detect(x, batch_size=batch_size, verbose=kwargs.get("verbose", False)).alert
+        scores[alert] = 0.0
+        return scores
+
+    def predict_base(self, x: np.ndarray, batch_size: int = 256, **kwargs: Any) -> np.ndarray:
+        """The sparse model's class scores (SIN applied, no occlusion, no detection)."""
+        return PyTorchClassifier.predict(self, x, batch_size=batch_size, **kwargs)
+

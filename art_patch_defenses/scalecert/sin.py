@@ -1,0 +1,165 @@
+"""Superficial important neurons (SIN): winner-take-all sparsity after a superficial layer (ScaleCert, section 3.2).
+
+The channel-summed activation of the superficial layer ranks its spatial positions; the top-k fraction (the
+winners) pass on, every other position is zeroed. Features whose receptive field meets an occluded window are
+*excluded*: they can never win (the paper sets them to the map's minimum), so a window outside the candidate
+region R leaves every winner, and therefore the prediction, exactly as it was. That invariance is what makes
+ScaleCert's certificate sound, so the ranking is deterministic: ties go to the lower position index.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+#: Layer types whose kernel, stride and padding are composed into the superficial layer's receptive field.
+_SPATIAL_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def number_of_winners(top_k: float, positions: int) -> int:
+    """How many of ``positions`` spatial positions a top-``k`` fraction keeps (at least one)."""
+    return max(1, min(positions, math.ceil(top_k * positions)))
+
+
+class SuperficialImportantNeurons(nn.Module):
+    """Keep the top-``k`` fraction of spatial positions of a ``(N, C, h, w)`` feature map, zero the rest.
+
+    Ranking score: the sum over channels of the activation (its positive part, so the layer may be taken before
+    or after its ReLU). Gradients reach only the winners (winner-take-all fine-tuning).
+    """
+
+    def __init__(self, top_k: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 < top_k <= 1.0:
+            raise ValueError(f"top_k must be a fraction in (0, 1], got {top_k}")
+        self.top_k = top_k
+
+    def winners(self, features: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean ``(N, h, w)`` of the winners; ``excluded`` ``(N, h, w)`` positions never win."""
+        n, _, h, w = features.shape
+        score = features.detach().clamp(min=0).sum(1).flatten(1)
+        if excluded is not None:
+            excluded = excluded.reshape(n, h * w).to(features.device)
+            score = score.masked_fill(excluded, float("-inf"))
+        order = torch.sort(score, dim=1, descending=True, stable=True).indices
+        kept = torch.zeros_like(score, dtype=torch.bool)
+        kept.scatter_(1, order[:, : number_of_winners(self.top_k, h * w)], True)
+        if excluded is not None:
+            kept &= ~excluded
+        return kept.view(n, h, w)
+
+    def forward(self, features: torch.Tensor, excluded: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = self.winners(features, excluded)
+        return features * kept.unsqueeze(1).to(features.dtype), kept
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}"
+
+
+def trace_modules(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """``(name, module, output shape)`` of every named module in the order its forward pass finishes, for one
+    zero input of ``input_shape`` (without the batch axis)."""
+    trace: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    handles = [module.register_forward_hook(
+        lambda m, inputs, output, name=name: trace.append((name, m, tuple(output.shape))))
+        for name, module in model.named_modules() if name]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            parameter = next(model.parameters(), None)
+            like = parameter if parameter is not None else torch.zeros(())
+            model(torch.zeros((1, *input_shape), device=like.device, dtype=like.dtype))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return trace
+
+
+def superficial_chain(model: nn.Module, layer: str, input_shape: tuple[int, ...]
+                      ) -> tuple[list[tuple[int, int, int]], tuple[int, int]]:
+    """The ``(kernel, stride, padding)`` of every convolution and pooling layer up to and including ``layer``,
+    in the order a forward pass runs them, and the spatial size of ``layer``'s output.
+
+    ``layer`` must be reached through a chain (a network's stem: conv, norm, activation, pooling); its receptive
+    field is then the composition of these layers. Dilated, non-square or string-padded layers are refused.
+    """
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"superficial_layer {layer!r} is not a module of the model; modules: "
+                         f"{', '.join(name for name in modules if name)}")
+    chain = []
+    for name, module, shape in trace_modules(model, input_shape):
+        if isinstance(module, _SPATIAL_LAYERS):
+            chain.append(_kernel_stride_padding(name, module))
+        if name == layer:
+            return chain, shape[-2:]
+    raise ValueError(f"superficial_layer {layer!r} did not run in a forward pass")
+
+
+def layer_after_first_convolution(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """Name of the module that finishes right after the model's first ``Conv2d`` (its norm or activation)."""
+    trace = trace_modules(model, input_shape)
+    for (_, module, _), (following, _, _) in zip(trace, trace[1:], strict=False):
+        if isinstance(module, nn.Conv2d):
+            return following
+    raise ValueError("found no Conv2d followed by another module; name the superficial_layer explicitly")
+
+
+def _kernel_stride_padding(name: str, module: nn.Module) -> tuple[int, int, int]:
+    values = []
+    for attribute in ("kernel_size", "stride", "padding"):
+        value = getattr(module, attribute)
+        if isinstance(value, str):
+            raise ValueError(f"layer {name!r}: string padding {value!r} is not supported; give it in pixels")
+        pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+        if pair[0] != pair[1]:
+            raise ValueError(f"layer {name!r}: non-square {attribute} {pair} is not supported")
+        values.append(int(pair[0]))
+    dilation = getattr(module, "dilation", 1)
+    if (tuple(dilation) if isinstance(dilation, (tuple, list)) else (dilation,)) not in ((1,), (1, 1)):
+        raise ValueError(f"layer {name!r}: dilated layers are not supported")
+    if getattr(module, "ceil_mode", False):
+        raise ValueError(f"layer {name!r}: ceil_mode pooling is not supported")
+    return values[0], values[1], values[2]
+
+
+class ScaleCertNet(nn.Module):
+    """``model`` with the SIN mask applied to the output of its ``superficial_layer`` (a forward hook).
+
+    ``forward(x, excluded=None)``: ``excluded`` ``(N, h, w)`` marks superficial features under an occluded window;
+    they never win. After each forward ``last_winners`` holds the winners ``(N, h, w)``. The wrapped ``model``'s
+    own state dict is unchanged (checkpoints stay plain models).
+    """
+
+    def __init__(self, model: nn.Module, superficial_layer: str, top_k: float, input_shape: tuple[int, ...]
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        self.sin = SuperficialImportantNeurons(top_k)
+        self.superficial_layer = superficial_layer
+        self.chain, self.map_hw = superficial_chain(model, superficial_layer, input_shape)
+        self.last_winners: torch.Tensor | None = None
+        self._excluded: torch.Tensor | None = None
+        module = dict(model.named_modules())[superficial_layer]
+        self._handle = module.register_forward_hook(self._apply_sin)
+
+    def _apply_sin(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        sparse, self.last_winners = self.sin(output, self._excluded)
+        return sparse
+
+    def forward(self, x: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
+        self._excluded = excluded
+        try:
+            return self.model(x)
+        finally:
+            self._excluded = None
+
+    def remove(self) -> nn.Module:
+        """Take the SIN hook off and return the plain model."""
+        self._handle.remove()
+        return self.model

@@ -1,0 +1,66 @@
+"""Fine-tune a CIFAR ResNet for ScaleCert (winner-take-all with the SIN mask, random occluding windows).
+
+Run, e.g.: ``python -m art_patch_defenses.scalecert.train --depth 20 --epochs 5``; the checkpoint goes to
+``checkpoints/cifar10_resnet<depth>_scalecert.pt`` (registry tag ``"scalecert"``), with its command and log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from art_patch_defenses.data import load_dataset
+from art_patch_defenses.models import build_model, save_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint
+from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
+from art_patch_defenses.paths import checkpoints_dir
+from art_patch_defenses.scalecert.training import train_scalecert
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, choices=(20, 56), default=20)
+    parser.add_argument("--init", default="finetuned", help="weights tag or path to start from")
+    parser.add_argument("--superficial-layer", default="bn1")
+    parser.add_argument("--top-k", type=float, nargs="+", default=[0.1, 0.15, 0.2],
+                        help="top-k rates, one drawn per batch")
+    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 5])
+    parser.add_argument("--r", type=int, default=3)
+    parser.add_argument("--tau", type=float, default=0.3)
+    parser.add_argument("--occlude-probability", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    name = f"cifar_resnet{args.depth}"
+    out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_scalecert.pt"
+    log = file_logger(out.with_suffix(".log"))
+    command = "python -m art_patch_defenses.scalecert.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    log(f"command: {command}")
+    torch.manual_seed(args.seed)
+    train = load_dataset("cifar10", "train")
+    model = build_model(name, args.init)
+    start = time.time()
+    settings = {"superficial_layer": args.superficial_layer, "top_k": args.top_k, "patch_sizes": args.patch_sizes,
+                "r": args.r, "tau": args.tau, "occlude_probability": args.occlude_probability}
+    train_scalecert(model, args.superficial_layer, train.x, train.y, CIFAR10_MEAN, CIFAR10_STD,
+                    top_k_choices=args.top_k, patch_sizes=args.patch_sizes, r=args.r, tau=args.tau,
+                    occlude_probability=args.occlude_probability, epochs=args.epochs, lr=args.lr,
+                    batch_size=args.batch_size, seed=args.seed, log=log)
+    sha = save_checkpoint(model, out, arch=name, **settings)
+    summary = {"checkpoint": out.name, "sha256": sha, "model": name, "init": args.init, **settings,
+               "epochs": args.epochs, "lr": args.lr, "train_images": len(train),
+               "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
+    log(json.dumps(summary))
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""ScaleCert: receptive-field back-projection, SIN, window merging, Algorithms 1 and 2, and soundness."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from art_patch_defenses.geometry import affected_features, all_locations, back_project, patch_masks
+from art_patch_defenses.scalecert import (
+    PyTorchScaleCert,
+    SuperficialImportantNeurons,
+    certify_from_labels,
+    detect_from_labels,
+    merge_group,
+    occlusion_windows,
+)
+from art_patch_defenses.scalecert.sin import superficial_chain
+from art_patch_defenses.scalecert.windows import sliding_windows
+
+STEMS = {
+    "conv": lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1)),
+    "conv-pool-conv": lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2),
+                                            nn.Conv2d(2, 2, 3, stride=2, padding=1)),
+    "resnet-stem": lambda: nn.Sequential(nn.Conv2d(1, 2, 7, stride=2, padding=3), nn.BatchNorm2d(2),
+                                         nn.MaxPool2d(3, stride=2, padding=1)),
+    "unpadded": lambda: nn.Sequential(nn.Conv2d(1, 2, 5), nn.AvgPool2d(2), nn.Conv2d(2, 2, 3)),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(STEMS))
+def test_receptive_field_back_projection_matches_brute_force(stem):
+    """Perturb one input pixel at a time (up and down, so max pooling passes one of them): the features that
+    change are exactly those ``affected_features`` names, and a feature's back-projected region is exactly the
+    pixels that change it."""
+    torch.manual_seed(0)
+    net = STEMS[stem]().double().eval()
+    size = 19
+    chain, map_hw = superficial_chain(net, str(len(net) - 1), (1, size, size))
+    x = torch.rand(1, 1, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        base = net(x)[0].abs().sum(0)
+        changed = np.zeros((size, size, *map_hw), dtype=bool)
+        for step in (1e6, -1e6):
+            perturbed = x.repeat(size * size, 1, 1, 1)
+            perturbed.view(size * size, -1)[torch.arange(size * size), torch.arange(size * size)] += step
+            changed |= (net(perturbed).abs().sum(1) != base).numpy().reshape(size, size, *map_hw)
+    pixels = np.eye(size * size, dtype=bool).reshape(size * size, size, size)
+    assert np.array_equal(affected_features(pixels, chain, map_hw), changed.reshape(size * size, *map_hw))
+    for i, j in [(0, 0), (map_hw[0] // 2, map_hw[1] // 3), (map_hw[0] - 1, map_hw[1] - 1)]:
+        kept = np.zeros(map_hw, dtype=bool)
+        kept[i, j] = True
+        assert np.array_equal(back_project(kept, chain, (size, size)), changed[:, :, i, j])
+
+
+def test_superficial_chain_of_the_cifar_resnet_and_a_torchvision_resnet():
+    import torchvision
+
+    from art_patch_defenses.models import build_model
+
+    assert superficial_chain(build_model("cifar_resnet20"), "bn1", (3, 32, 32)) == ([(3, 1, 1)], (32, 32))
+    resnet18 = torchvision.models.resnet18(weights=None)
+    assert superficial_chain(resnet18, "maxpool", (3, 64, 64)) == ([(7, 2, 3), (3, 2, 1)], (16, 16))
+    with pytest.raises(ValueError, match="not a module"):
+        superficial_chain(resnet18, "stem", (3, 64, 64))
+
+
+def test_sin_keeps_the_top_k_breaks_ties_by_position_and_never_keeps_excluded_features():
+    sin = SuperficialImportantNeurons(top_k=0.25)
+    features = torch.zeros(1, 2, 4, 4)
+    features[0, 0, 3, 3] = 5.0
+    features[0, 1, 0, 1] = 2.0  # ties with the zeros below it; negative activations count as 0
+    features[0, 1, 2, 2] = -9.0
+    out, kept = sin(features)
+    assert kept.sum() == 4 and kept[0, 3, 3] and kept[0, 0, 1]
+    assert kept[0, 0, 0] and kept[0, 0, 2]  # the tied zeros with the lowest positions
+    assert torch.equal(out, features * kept[:, None])
+    excluded = torch.zeros(1, 4, 4, dtype=torch.bool)
+    excluded[0, 3, 3] = excluded[0, 0, 0] = True
+    _, kept = sin(features, excluded)
+    assert not kept[0, 3, 3] and not kept[0, 0, 0] and kept.sum() == 4
+    features.requires_grad_(True)
+    sin(features)[0].sum().backward()
+    assert torch.equal(features.grad[0, 0] != 0, sin.winners(features.detach())[0])
+    with pytest.raises(ValueError, match="top_k"):
+        SuperficialImportantNeurons(1.5)
+
+
+@pytest.mark.parametrize("tau,expected", [(0.0, 7), (0.3, 4), (0.5, 3), (0.6, 2), (0.9, 1)])
+def test_merge_group_from_the_overlap_threshold(tau, expected):
+    assert merge_group((7, 7), tau) == expected
+
+
+@pytest.mark.parametrize("image,patch,r,tau", [(32, 5, 3, 0.3), (32, 2, 3, 0.5), (17, 4, 2, 0.0),
+                                                (12, 3, 1, 0.6), (9, 9, 3, 0.3)])
+def test_merged_windows_cover_every_window_and_every_patch_placement(image, patch, r, tau):
+    windows = occlusion_windows((image, image), (patch, patch), r, tau, [(3, 1, 1)], (image, image))
+    side, corners = sliding_windows((image, image), (patch, patch), r)
+    originals = patch_masks((image, image), side, corners)
+    covered = [np.any([np.all(box[original]) for box in windows.pixels]) for original in originals]
+    assert all(covered) and windows.unmerged_count == len(corners)
+    placements = patch_masks((image, image), (patch, patch), all_locations((image, image), (patch, patch)))
+    inside = np.array([[np.all(box[p]) for box in windows.pixels] for p in placements])
+    assert np.array_equal(inside, windows.contains) and inside.any(axis=1).all()
+    union = windows.pixels.any(axis=0)
+    assert union.all()
+
+
+def test_algorithm_1_on_crafted_prediction_maps():
+    # Three windows in a row; placements 0 and 1 lie in windows {0, 1} and {1, 2}.
+    contains = np.array([[True, True, False], [False, True, True]])
+    evaluated = np.ones((5, 3), dtype=bool)
+    prediction = np.array([3, 3, 3, 3, 3])
+    labels = np.array([
+        [3, 3, 3],  # no disagreement: y*
+        [3, 7, 7],  # placement 1 unanimously 7: alert there
+        [7, 3, 3],  # one noisy window, y* keeps the majority: y*
+        [7, 8, 9],  # no unanimous placement, but y* has fewer votes than 7: alert (line 13)
+        [7, 7, 3],  # placement 0 unanimously 7
+    ])
+    label, alert, placement = detect_from_labels(prediction, labels, evaluated, contains, nb_classes=10)
+    assert label.tolist() == [3, -1, 3, -1, -1]
+    assert alert.tolist() == [False, True, False, True, True]
+    assert placement.tolist() == [-1, 1, -1, -1, 0]
+    # Windows that were not run carry y* and do not vote.
+    _, alert, _ = detect_from_labels(np.array([3]), np.array([[7, 3, 3]]), np.array([[True, False, False]]),
+                                     contains, nb_classes=10)
+    assert alert.tolist() == [True]
+
+
+def test_algorithm_2_on_crafted_prediction_maps():
+    prediction = np.array([1, 1, 2, 1])
+    labels = np.array([[1, 1], [1, 0], [2, 2], [1, 1]])
+    y = np.array([1, 1, 1, 2])
+    assert certify_from_labels(prediction, labels, y).tolist() == [True, False, False, False]
+
+
+@pytest.fixture(scope="module")
+def mnist_scalecert():
+    from art_patch_defenses.models import build_model, make_classifier
+
+    return make_classifier(build_model("mnist_cnn", "scalecert"), "mnist_cnn", estimator_class=PyTorchScaleCert,
+                           patch_size=5)
+
+
+def test_windows_outside_the_candidate_region_leave_the_logits_exactly_unchanged(mnist_scalecert, mnist_test):
+    """The SIN invariance the certificate rests on, checked on every window that detection skips."""
+    est, x = mnist_scalecert, mnist_test.x[:12]
+    windows = est.windows_for()
+    found = est.detect(x)
+    skipped = 0
+    with torch.no_grad():
+        net = est.model.eval()
+        base = net(torch.from_numpy(est._apply_preprocessing(x, None, fit=False)[0]))
+        for i in range(len(x)):
+            region = est.candidate_region(found.winners[i : i + 1])[0]
+            for w in np.flatnonzero(~found.evaluated[i]):
+                assert not (windows.pixels[w] & region).any()
+                copy = np.where(windows.pixels[w], np.float32(est.fill_value), x[i])[None]
+                logits = net(torch.from_numpy(est._apply_preprocessing(copy, None, fit=False)[0]),
+                             torch.from_numpy(windows.features[w][None]))
+                assert torch.allclose(logits[0], base[i], rtol=0, atol=1e-5)
+                skipped += 1
+    assert skipped > 0
+
+
+def test_estimator_detects_certifies_and_predicts(mnist_scalecert, mnist_test):
+    est, x, y = mnist_scalecert, mnist_test.x[:40], mnist_test.y[:40]
+    found = est.detect(x)
+    result = est.certify(x, y)
+    assert np.array_equal(result.prediction, found.prediction)
+    assert np.all(result.prediction[result.certified] == y[result.certified])
+    assert np.all(found.evaluated.sum(1) <= len(est.windows_for().boxes))
+    scores = est.predict(x)
+    assert np.array_equal(~scores.any(axis=1), found.alert)
+    assert np.array_equal(scores.argmax(1)[~found.alert], found.prediction[~found.alert])
+    clean, certified = est.eval_and_certify(x, y)
+    assert clean == np.mean(found.prediction == y) and certified == np.mean(result.certified)
+    # NHWC input to an NCHW estimator is refused with a hint.
+    with pytest.raises(ValueError):
+        est.detect(np.transpose(x, (0, 2, 3, 1)))
+
+
+def test_set_params_revalidates_and_restores(mnist_scalecert):
+    est = mnist_scalecert
+    with pytest.raises(ValueError, match="tau"):
+        est.set_params(top_k=0.2, tau=1.5)
+    assert est.top_k == 0.1 and est.tau == 0.3
+    with pytest.raises(ValueError, match="patch_size"):
+        est.set_params(patch_size=40)
+    with pytest.raises(ValueError, match="fill_value"):
+        est.set_params(fill_value=2.0)
+    est.set_params(top_k=0.2)
+    assert est.model.sin.top_k == 0.2
+    est.set_params(top_k=0.1)
+
+
+def _attack_every_placement(est, image, label, patch, stride, max_iter):
+    """Masked PGD against the sparse model (the detector's classifier) with the patch at every placement."""
+    from art_patch_defenses.attacks import masked_pgd
+    from art_patch_defenses.geometry import expand_masks
+    from art_patch_defenses.models import make_classifier
+
+    placements = all_locations(image.shape[1:], (patch, patch), stride)
+    x = np.repeat(image[None], len(placements), axis=0)
+    masks = expand_masks(patch_masks(image.shape[1:], (patch, patch), placements), x)
+    sparse_model = make_classifier(est.model, "mnist_cnn")
+    return masked_pgd(sparse_model, x, masks, np.full(len(x), label), eps=1.0, eps_step=0.1, max_iter=max_iter,
+                      batch_size=256, verbose=False)
+
+
+def _silent_failures(est, x, y, patch, stride, max_iter, limit=None):
+    certified = np.flatnonzero(est.certify(x, y, patch).certified)[:limit]
+    failures = fooled = 0
+    for i in certified:
+        x_adv = _attack_every_placement(est, x[i], y[i], patch, stride, max_iter)
+        found = est.detect(x_adv, patch)
+        fooled += int(np.sum(found.base_prediction != y[i]))
+        failures += int(np.sum((found.prediction != y[i]) & ~found.alert))
+    return len(certified), fooled, failures
+
+
+def test_soundness_certified_images_alert_or_stay_right_under_patches_everywhere(mnist_scalecert, mnist_test):
+    """Theorem 1: adversarial patches at every placement never make a certified image silently wrong; the attack
+    does fool the sparse model itself at some placements, so the check can fail."""
+    certified, fooled, failures = _silent_failures(mnist_scalecert, mnist_test.x[:30], mnist_test.y[:30],
+                                                   patch=5, stride=1, max_iter=10, limit=2)
+    assert certified == 2 and fooled > 0
+    assert failures == 0
+
+
+@pytest.mark.slow
+def test_soundness_on_more_images_and_a_second_patch_size(mnist_scalecert, mnist_test):
+    for patch in (5, 3):
+        certified, fooled, failures = _silent_failures(mnist_scalecert, mnist_test.x[:150], mnist_test.y[:150],
+                                                       patch=patch, stride=1, max_iter=20)
+        assert certified >= 10 and fooled > 0
+        assert failures == 0
