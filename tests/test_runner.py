@@ -178,3 +178,19 @@ def test_mrs_from_config_is_attacked_with_eot_and_certifies(tmp_path):
     assert results["certified_patch_pixels"] == 7 and 0.0 <= results["certified_accuracy"] <= 1.0
     assert results["max_change_outside_patch"] == 0.0
     assert 0.0 <= results["abstain_rate_benign"] <= 1.0
+
+
+def test_scalecert_from_config_detects_and_certifies(tmp_path):
+    from art_patch_defenses.scalecert import PyTorchScaleCert, get_art_model
+
+    config = json.loads(json.dumps(TINY))
+    config["dataset"]["n"] = 10
+    config["model"] = {"module": "art_patch_defenses.scalecert", "name": "get_art_model",
+                       "model_kwargs": {"name": "mnist_cnn", "weights": "scalecert", "patch_size": 7}}
+    results = run_suite(config, tmp_path, verbose=False)["outcomes"][0].record["results"]
+    assert results["certified_patch_pixels"] == 7
+    assert 0.0 <= results["certified_accuracy"] <= results["benign_mean_categorical_accuracy"]
+    assert 0.0 <= results["abstain_rate_adversarial"] <= 1.0 and results["max_change_outside_patch"] == 0.0
+    assert isinstance(get_art_model({"name": "mnist_cnn", "weights": "none"}), PyTorchScaleCert)
+    with pytest.raises(ValueError, match="unknown model_kwargs"):
+        get_art_model({"name": "mnist_cnn", "alpha": 1.0})

@@ -142,24 +142,35 @@ def mnist_scalecert():
                            patch_size=5)
 
 
-def test_windows_outside_the_candidate_region_leave_the_logits_exactly_unchanged(mnist_scalecert, mnist_test):
-    """The SIN invariance the certificate rests on, checked on every window that detection skips."""
-    est, x = mnist_scalecert, mnist_test.x[:12]
+def test_occluded_copies_equal_pixel_occlusion_and_skipped_windows_change_nothing(mnist_scalecert, mnist_test):
+    """Occluding a window's pixels (any fill) with the features it reaches excluded gives the logits of the
+    feature-space copy detection computes; for a window outside R both equal the unoccluded image's logits (the
+    SIN invariance the certificate rests on)."""
+    est, x = mnist_scalecert, mnist_test.x[:8]
     windows = est.windows_for()
     found = est.detect(x)
+    net = est.model.eval()
+
+    def logits(images, excluded=None, superficial=None):
+        batch = torch.from_numpy(est._apply_preprocessing(images.astype(np.float32), None, fit=False)[0])
+        with torch.no_grad():
+            return net(batch, None if excluded is None else torch.from_numpy(excluded), superficial)
+
+    clean = logits(x)
     skipped = 0
-    with torch.no_grad():
-        net = est.model.eval()
-        base = net(torch.from_numpy(est._apply_preprocessing(x, None, fit=False)[0]))
-        for i in range(len(x)):
-            region = est.candidate_region(found.winners[i : i + 1])[0]
-            for w in np.flatnonzero(~found.evaluated[i]):
-                assert not (windows.pixels[w] & region).any()
-                copy = np.where(windows.pixels[w], np.float32(est.fill_value), x[i])[None]
-                logits = net(torch.from_numpy(est._apply_preprocessing(copy, None, fit=False)[0]),
-                             torch.from_numpy(windows.features[w][None]))
-                assert torch.allclose(logits[0], base[i], rtol=0, atol=1e-5)
-                skipped += 1
+    for i in range(len(x)):
+        logits(x[i : i + 1])
+        features = net.last_features.repeat(len(windows.boxes), 1, 1, 1)
+        copies = logits(np.repeat(x[i : i + 1], len(windows.boxes), 0), windows.features, features)
+        assert np.array_equal(copies.argmax(1).numpy()[found.evaluated[i]], found.window_labels[i][found.evaluated[i]])
+        region = est.candidate_region(found.winners[i : i + 1])[0]
+        for fill in (0.0, 1.0):
+            occluded = np.where(windows.pixels[:, None], np.float32(fill), x[i][None])
+            assert torch.allclose(logits(occluded, windows.features), copies, rtol=0, atol=1e-4)
+        for w in np.flatnonzero(~found.evaluated[i]):
+            assert not (windows.pixels[w] & region).any()
+            assert torch.allclose(copies[w], clean[i], rtol=0, atol=1e-5)
+            skipped += 1
     assert skipped > 0
 
 
@@ -187,8 +198,8 @@ def test_set_params_revalidates_and_restores(mnist_scalecert):
     assert est.top_k == 0.1 and est.tau == 0.3
     with pytest.raises(ValueError, match="patch_size"):
         est.set_params(patch_size=40)
-    with pytest.raises(ValueError, match="fill_value"):
-        est.set_params(fill_value=2.0)
+    with pytest.raises(ValueError, match="r must"):
+        est.set_params(r=0)
     est.set_params(top_k=0.2)
     assert est.model.sin.top_k == 0.2
     est.set_params(top_k=0.1)

@@ -147,6 +147,7 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
         "perturbation_mean_linf": float(np.abs(x_adv - data.x).reshape(len(x_adv), -1).max(1).mean()),
         "max_change_outside_patch": float(np.abs(x_adv - data.x)[outside].max(initial=0.0)),
         "abstain_rate_benign": float(np.mean(benign == -1)),
+        "abstain_rate_adversarial": float(np.mean(adversarial == -1)),
         "num_samples": int(len(data)),
         "seconds": round(time.time() - start, 2),
         **facts,

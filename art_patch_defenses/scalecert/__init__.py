@@ -5,6 +5,7 @@ or raises an alert. SIN sparsity confines the pixels that can matter to a candid
 for the merged windows that meet R decide (Algorithms 1 and 2).
 """
 
+from art_patch_defenses.scalecert.classifier import get_art_model
 from art_patch_defenses.scalecert.detection import certify_from_labels, detect_from_labels
 from art_patch_defenses.scalecert.estimator import Detection, PyTorchScaleCert, ScaleCertMixin
 from art_patch_defenses.scalecert.sin import ScaleCertNet, SuperficialImportantNeurons
@@ -13,5 +14,5 @@ from art_patch_defenses.scalecert.windows import OcclusionWindows, merge_group, 
 
 __all__ = [
     "Detection", "OcclusionWindows", "PyTorchScaleCert", "ScaleCertMixin", "ScaleCertNet",
-    "SuperficialImportantNeurons", "certify_from_labels", "detect_from_labels", "merge_group",
+    "SuperficialImportantNeurons", "certify_from_labels", "detect_from_labels", "get_art_model", "merge_group",
     "occlusion_windows", "train_scalecert"]

@@ -3,8 +3,10 @@
 The wrapped model runs with the SIN mask after its superficial layer (:mod:`.sin`); that sparse model is what
 ``predict_base`` and ART's gradients see, so white-box attacks attack the defended network. ``detect`` is
 Algorithm 1, ``certify`` is Algorithm 2; both classify the occluded copies for the merged windows that meet the
-image's candidate region R, in batches. ``predict`` is the detector: the sparse model's scores, a zero row where it
-alerts.
+image's candidate region R, in batches. An occluded copy is computed from the unoccluded image's superficial
+features with those the window reaches excluded, which is exactly what occluding its pixels gives (see
+:mod:`.sin`) and keeps every copy on the same numbers as the image. ``predict`` is the detector: the sparse model's
+scores, a zero row where it alerts.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ class Detection:
 class ScaleCertMixin:
     """ScaleCert's detection and certification on top of an estimator that classifies occluded copies."""
 
-    def _labels_and_winners(self, x: np.ndarray, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Labels ``(N,)`` and SIN winners ``(N, h, w)`` of pixel-space images ``x``, with the superficial
-        features in ``excluded`` ``(N, h, w)`` kept from winning."""
+    def _classify(self, x: np.ndarray, excluded: np.ndarray | None = None, superficial: torch.Tensor | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Labels ``(N,)``, SIN winners ``(N, h, w)`` and superficial features ``(N, C, h, w)`` of images ``x``
+        (pixel space), with the features in ``excluded`` ``(N, h, w)`` kept from winning and, if given,
+        ``superficial`` in place of the layer's output."""
         raise NotImplementedError
 
     def windows_for(self, patch_size: int | None = None) -> OcclusionWindows:
@@ -67,21 +71,24 @@ class ScaleCertMixin:
         check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
                      channels_first=self.channels_first)
         windows = self.windows_for(patch_size)
-        base, winners = [], []
-        for start in range(0, len(x), batch_size):
-            labels, kept = self._labels_and_winners(x[start : start + batch_size], None)
+        reach = windows.features.reshape(len(windows.boxes), -1)
+        base, winners, evaluated, window_labels = [], [], [], []
+        for start in tqdm(range(0, len(x), batch_size), desc="detect", disable=not verbose):
+            images = x[start : start + batch_size]
+            labels, kept, features = self._classify(images)
+            # A window is run iff it reaches a winner, i.e. it meets R (section 3.2); the others keep y*.
+            run = kept.reshape(len(images), -1) @ reach.T > 0
+            copies = np.repeat(labels[:, None], len(windows.boxes), axis=1)
+            rows, boxes = np.nonzero(run)
+            for chunk in range(0, len(rows), batch_size):
+                i, w = rows[chunk : chunk + batch_size], boxes[chunk : chunk + batch_size]
+                copies[i, w] = self._classify(images[i], windows.features[w], features[i])[0]
             base.append(labels)
             winners.append(kept)
+            evaluated.append(run)
+            window_labels.append(copies)
         base_prediction, winners = np.concatenate(base), np.concatenate(winners)
-        # A window is run iff its occlusion would exclude a winner, i.e. it meets R (section 3.2).
-        evaluated = winners.reshape(len(x), -1) @ windows.features.reshape(len(windows.boxes), -1).T > 0
-        window_labels = np.repeat(base_prediction[:, None], len(windows.boxes), axis=1)
-        images, boxes = np.nonzero(evaluated)
-        for start in tqdm(range(0, len(images), batch_size), desc="occluded copies", disable=not verbose):
-            i, w = images[start : start + batch_size], boxes[start : start + batch_size]
-            pixels = windows.pixels[w][:, None] if self.channels_first else windows.pixels[w][..., None]
-            copies = np.where(pixels, np.float32(self.fill_value), x[i])
-            window_labels[i, w], _ = self._labels_and_winners(copies, windows.features[w])
+        evaluated, window_labels = np.concatenate(evaluated), np.concatenate(window_labels)
         prediction, alert, placement = detect_from_labels(base_prediction, window_labels, evaluated,
                                                           windows.contains, self.nb_classes)
         location = np.full((len(x), 2), -1)
@@ -137,21 +144,21 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
     :param patch_size: side in pixels of the patch detection and certification are set for.
     :param r: occluding windows have side ``patch_size + r - 1`` (paper: 3).
     :param tau: overlap above which neighbouring windows are merged (paper: 0.3).
-    :param fill_value: pixel value (in the [0, 1] input scale) of occluded pixels (paper: 0).
+    Occluded pixels need no fill value: every feature they reach is excluded (see :mod:`.sin`).
     Other arguments are ``PyTorchClassifier``'s.
     """
 
-    scalecert_params = ["top_k", "patch_size", "r", "tau", "fill_value"]
+    scalecert_params = ["top_k", "patch_size", "r", "tau"]
     estimator_params = PyTorchClassifier.estimator_params + scalecert_params
 
     def __init__(self, model: torch.nn.Module, loss, input_shape: tuple[int, ...], nb_classes: int,
                  superficial_layer: str | None = None, top_k: float = 0.1, patch_size: int = 5, r: int = 3,
-                 tau: float = 0.3, fill_value: float = 0.0, **kwargs: Any) -> None:
+                 tau: float = 0.3, **kwargs: Any) -> None:
         superficial_layer = superficial_layer or layer_after_first_convolution(model, tuple(input_shape))
         net = ScaleCertNet(model, superficial_layer, top_k, tuple(input_shape))
         super().__init__(net, loss, input_shape, nb_classes, **kwargs)
         self.superficial_layer = superficial_layer
-        self.top_k, self.patch_size, self.r, self.tau, self.fill_value = top_k, patch_size, r, tau, fill_value
+        self.top_k, self.patch_size, self.r, self.tau = top_k, patch_size, r, tau
         self._windows: dict[tuple[int, int, float], OcclusionWindows] = {}
         self._check_scalecert_params()
 
@@ -171,9 +178,6 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
             raise ValueError(f"r must be a positive integer, got {self.r!r}")
         if not 0.0 <= self.tau < 1.0:
             raise ValueError(f"tau must be in [0, 1), got {self.tau}")
-        low, high = self.clip_values if self.clip_values is not None else (-np.inf, np.inf)
-        if not low <= self.fill_value <= high:
-            raise ValueError(f"fill_value must lie in the clip range {tuple(self.clip_values)}, got {self.fill_value}")
 
     @staticmethod
     def _check_patch_size(patch_size: Any, side: int) -> None:
@@ -205,14 +209,15 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
                                                    self.model.chain, self.model.map_hw)
         return self._windows[key]
 
-    def _labels_and_winners(self, x: np.ndarray, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _classify(self, x: np.ndarray, excluded: np.ndarray | None = None, superficial: torch.Tensor | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         net = self.model
         net.eval()
         batch, _ = self._apply_preprocessing(x.astype(np.float32), y=None, fit=False)
         with torch.no_grad():
             mask = None if excluded is None else torch.from_numpy(np.ascontiguousarray(excluded)).to(self.device)
-            logits = net(torch.as_tensor(batch, device=self.device), mask)
-        return logits.argmax(1).cpu().numpy(), net.last_winners.cpu().numpy()
+            logits = net(torch.as_tensor(batch, device=self.device), mask, superficial)
+        return logits.argmax(1).cpu().numpy(), net.last_winners.cpu().numpy(), net.last_features
 
     def predict(self, x: np.ndarray, batch_size: int = 256, **kwargs: Any) -> np.ndarray:
         """The detector: the sparse model's class scores, an all-zero row where ScaleCert alerts."""

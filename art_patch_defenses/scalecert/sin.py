@@ -2,9 +2,11 @@
 
 The channel-summed activation of the superficial layer ranks its spatial positions; the top-k fraction (the
 winners) pass on, every other position is zeroed. Features whose receptive field meets an occluded window are
-*excluded*: they can never win (the paper sets them to the map's minimum), so a window outside the candidate
-region R leaves every winner, and therefore the prediction, exactly as it was. That invariance is what makes
-ScaleCert's certificate sound, so the ranking is deterministic: ties go to the lower position index.
+*excluded*: they can never win (the paper sets them to the map's minimum). So occluding a window is, exactly,
+excluding the features it can reach: the pixels under it reach no other feature, and the excluded ones are
+zeroed whatever their value. A window outside the candidate region R therefore leaves every winner, and the
+prediction, exactly as they were; that invariance is what makes ScaleCert's certificate sound, so the ranking is
+deterministic (ties go to the lower position index).
 """
 
 from __future__ import annotations
@@ -131,9 +133,11 @@ def _kernel_stride_padding(name: str, module: nn.Module) -> tuple[int, int, int]
 class ScaleCertNet(nn.Module):
     """``model`` with the SIN mask applied to the output of its ``superficial_layer`` (a forward hook).
 
-    ``forward(x, excluded=None)``: ``excluded`` ``(N, h, w)`` marks superficial features under an occluded window;
-    they never win. After each forward ``last_winners`` holds the winners ``(N, h, w)``. The wrapped ``model``'s
-    own state dict is unchanged (checkpoints stay plain models).
+    ``forward(x, excluded=None, superficial=None)``: ``excluded`` ``(N, h, w)`` marks the superficial features an
+    occluded window reaches; they never win. ``superficial`` ``(N, C, h, w)``, if given, replaces the layer's output
+    (the features of the unoccluded image, so that an occluded copy is computed from exactly the same numbers).
+    After each forward ``last_features`` holds the layer's output before the SIN mask and ``last_winners`` the
+    winners ``(N, h, w)``. The wrapped ``model``'s own state dict is unchanged (checkpoints stay plain models).
     """
 
     def __init__(self, model: nn.Module, superficial_layer: str, top_k: float, input_shape: tuple[int, ...]
@@ -143,21 +147,26 @@ class ScaleCertNet(nn.Module):
         self.sin = SuperficialImportantNeurons(top_k)
         self.superficial_layer = superficial_layer
         self.chain, self.map_hw = superficial_chain(model, superficial_layer, input_shape)
+        self.last_features: torch.Tensor | None = None
         self.last_winners: torch.Tensor | None = None
         self._excluded: torch.Tensor | None = None
+        self._superficial: torch.Tensor | None = None
         module = dict(model.named_modules())[superficial_layer]
         self._handle = module.register_forward_hook(self._apply_sin)
 
     def _apply_sin(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        sparse, self.last_winners = self.sin(output, self._excluded)
+        features = output if self._superficial is None else self._superficial
+        self.last_features = features.detach()
+        sparse, self.last_winners = self.sin(features, self._excluded)
         return sparse
 
-    def forward(self, x: torch.Tensor, excluded: torch.Tensor | None = None) -> torch.Tensor:
-        self._excluded = excluded
+    def forward(self, x: torch.Tensor, excluded: torch.Tensor | None = None,
+                superficial: torch.Tensor | None = None) -> torch.Tensor:
+        self._excluded, self._superficial = excluded, superficial
         try:
             return self.model(x)
         finally:
-            self._excluded = None
+            self._excluded = self._superficial = None
 
     def remove(self) -> nn.Module:
         """Take the SIN hook off and return the plain model."""

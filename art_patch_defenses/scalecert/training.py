@@ -1,9 +1,10 @@
 """Winner-take-all fine-tuning with the SIN mask in place (ScaleCert, section 3.2, "Neural Network Sparsification").
 
 Only the winners forward their activations, so only they receive gradients; the winners are recomputed at every
-step. Half of the images (by default) also get one occluding window of the certifier's own set, with the
-superficial features under it excluded, so the model learns to classify the occluded copies that detection and
-certification classify ("window occluding of random locations", section 4.1).
+step. Half of the images (by default) also get one occluding window of the certifier's own set, that is, the
+superficial features it reaches are excluded (the same as occluding its pixels, see :mod:`.sin`), so the model
+learns to classify the occluded copies that detection and certification classify ("window occluding of random
+locations", section 4.1).
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ from art_patch_defenses.scalecert.sin import ScaleCertNet
 from art_patch_defenses.scalecert.windows import occlusion_windows
 
 
-def occlusion_loss(net: ScaleCertNet, windows_pixels: torch.Tensor, windows_features: torch.Tensor,
-                   fill: torch.Tensor, top_k_choices: Sequence[float], occlude_probability: float,
-                   generator: torch.Generator) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
-                                                           tuple[torch.Tensor, torch.Tensor]]:
+def occlusion_loss(net: ScaleCertNet, windows_features: torch.Tensor, top_k_choices: Sequence[float],
+                   occlude_probability: float, generator: torch.Generator
+                   ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """A ``train_classifier`` ``loss_fn``: cross-entropy of the SIN network on batches in which each image is
-    occluded by a random window with ``occlude_probability`` (``fill`` is the normalised fill value ``(C, 1, 1)``);
-    the top-k rate is drawn from ``top_k_choices`` per batch, so one model serves each of them."""
+    occluded by a random window (its features ``windows_features`` ``(W, h, w)`` excluded) with
+    ``occlude_probability``; the top-k rate is drawn from ``top_k_choices`` per batch, so one model serves each."""
 
     def loss_fn(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(batch)
-        pick = torch.randint(len(windows_pixels), (n,), generator=generator)
+        pick = torch.randint(len(windows_features), (n,), generator=generator)
         occluded = torch.rand(n, generator=generator) < occlude_probability
-        pixels = windows_pixels[pick] & occluded[:, None, None]
-        batch = torch.where(pixels[:, None], fill, batch)
         excluded = windows_features[pick] & occluded[:, None, None]
         net.sin.top_k = float(top_k_choices[torch.randint(len(top_k_choices), (1,), generator=generator)])
         logits = net(batch, excluded)
@@ -45,7 +43,7 @@ def occlusion_loss(net: ScaleCertNet, windows_pixels: torch.Tensor, windows_feat
 def train_scalecert(model: nn.Module, superficial_layer: str, x: np.ndarray, y: np.ndarray,
                     mean: tuple[float, ...], std: tuple[float, ...], top_k_choices: Sequence[float] = (0.1, 0.15, 0.2),
                     patch_sizes: Sequence[int] = (2, 5), r: int = 3, tau: float = 0.3,
-                    occlude_probability: float = 0.5, fill_value: float = 0.0, epochs: int = 5, lr: float = 0.02,
+                    occlude_probability: float = 0.5, epochs: int = 5, lr: float = 0.02,
                     batch_size: int = 128, seed: int = 0, verbose: bool = True,
                     log: Callable[[str], None] | None = None) -> nn.Module:
     """Fine-tune ``model`` with SIN after ``superficial_layer`` and occluding windows of ``patch_sizes``.
@@ -55,11 +53,9 @@ def train_scalecert(model: nn.Module, superficial_layer: str, x: np.ndarray, y: 
     input_shape = tuple(x.shape[1:])
     net = ScaleCertNet(model, superficial_layer, top_k_choices[0], input_shape)
     sets = [occlusion_windows(input_shape[1:], (p, p), r, tau, net.chain, net.map_hw) for p in patch_sizes]
-    pixels = torch.from_numpy(np.concatenate([s.pixels for s in sets]))
     features = torch.from_numpy(np.concatenate([s.features for s in sets]))
-    fill = ((fill_value - torch.tensor(mean)) / torch.tensor(std)).reshape(-1, 1, 1).float()
     generator = torch.Generator().manual_seed(seed + 1)
-    loss_fn = occlusion_loss(net, pixels, features, fill, top_k_choices, occlude_probability, generator)
+    loss_fn = occlusion_loss(net, features, top_k_choices, occlude_probability, generator)
     train_classifier(net, x, y, mean, std, epochs=epochs, lr=lr, batch_size=batch_size, loss_fn=loss_fn,
                      seed=seed, verbose=verbose, log=log)
     return net.remove().eval()
