@@ -16,7 +16,7 @@ import torch
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, save_checkpoint
-from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint
+from art_patch_defenses.models.checkpoints import file_logger, keep_previous_log, record_checkpoint, sha256_of
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.paths import checkpoints_dir
 from art_patch_defenses.scalecert.training import train_scalecert
@@ -25,7 +25,8 @@ from art_patch_defenses.scalecert.training import train_scalecert
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, choices=(20, 56), default=20)
-    parser.add_argument("--init", default="finetuned", help="weights tag or path to start from")
+    parser.add_argument("--init", default="finetuned",
+                        help="weights tag or a .pt path to start from (a path continues that checkpoint's record)")
     parser.add_argument("--superficial-layer", default="bn1")
     parser.add_argument("--top-k", type=float, nargs="+", default=[0.1, 0.15, 0.2],
                         help="top-k rates, one drawn per batch")
@@ -41,9 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = f"cifar_resnet{args.depth}"
     out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_scalecert.pt"
+    continued = args.init.endswith(".pt")
+    previous_log = keep_previous_log(out.with_suffix(".log")) if continued else None
     log = file_logger(out.with_suffix(".log"))
     command = "python -m art_patch_defenses.scalecert.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log(f"command: {command}")
+    if continued:
+        log(f"continues from {Path(args.init).name} (sha256 {sha256_of(args.init)})")
     torch.manual_seed(args.seed)
     train = load_dataset("cifar10", "train")
     model = build_model(name, args.init)
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                "epochs": args.epochs, "lr": args.lr, "train_images": len(train),
                "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
     log(json.dumps(summary))
-    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
 
 
 if __name__ == "__main__":
