@@ -246,3 +246,20 @@ def test_soundness_on_more_images_and_a_second_patch_size(mnist_scalecert, mnist
                                                        patch=patch, stride=1, max_iter=20)
         assert certified >= 10 and fooled > 0
         assert failures == 0
+
+
+def test_torchvision_resnet_is_wrapped_after_its_stem_and_detects():
+    import torchvision
+
+    from art_patch_defenses.models import make_classifier
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    est = make_classifier(model, input_shape=(3, 64, 64), nb_classes=4, estimator_class=PyTorchScaleCert,
+                          top_k=0.2, patch_size=8)
+    assert est.superficial_layer == "bn1" and est.model.chain == [(7, 2, 3)] and est.model.map_hw == (32, 32)
+    x = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
+    found = est.detect(x)
+    assert found.winners.shape == (3, 32, 32) and found.winners.sum((1, 2)).tolist() == [205] * 3
+    assert found.evaluated.any() and np.array_equal(est.predict_base(x).argmax(1), found.base_prediction)
+    assert est.model.remove() is model and not model.bn1._forward_hooks

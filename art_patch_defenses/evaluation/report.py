@@ -13,8 +13,8 @@ from art_patch_defenses.evaluation.runner import ScenarioResult, scenario_label
 
 TABLE_HEADER = (
     "| model | defence | attack | patch (px, area) | n | benign acc | adversarial acc | certified acc "
-    "| max change outside patch |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| abstain / alert (benign, adv.) | max change outside patch |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 )
 
 
@@ -23,6 +23,12 @@ def _certified(results: dict) -> str:
         return "-"
     side = results["certified_patch_pixels"]
     return f"{results['certified_accuracy']:.3f} ({side}x{side})"
+
+
+def _abstain(results: dict) -> str:
+    if "certified_accuracy" not in results:  # only certifiers abstain or alert
+        return "-"
+    return f"{results['abstain_rate_benign']:.3f}, {results.get('abstain_rate_adversarial', float('nan')):.3f}"
 
 
 def markdown_table(outcomes: list[ScenarioResult]) -> str:
@@ -35,7 +41,7 @@ def markdown_table(outcomes: list[ScenarioResult]) -> str:
         rows.append(
             f"| {model} | {defense} | {attack} | {patch} | {r['num_samples']} | "
             f"{r['benign_mean_categorical_accuracy']:.3f} | {r['adversarial_mean_categorical_accuracy']:.3f} | "
-            f"{_certified(r)} | {r['max_change_outside_patch']:.2g} |"
+            f"{_certified(r)} | {_abstain(r)} | {r['max_change_outside_patch']:.2g} |"
         )
     return "\n".join(rows)
 
