@@ -181,6 +181,7 @@ def test_estimator_detects_certifies_and_predicts(mnist_scalecert, mnist_test):
     assert np.array_equal(result.prediction, found.prediction)
     assert np.all(result.prediction[result.certified] == y[result.certified])
     assert np.all(found.evaluated.sum(1) <= len(est.windows_for().boxes))
+    assert np.array_equal(est.candidate_windows(x), found.evaluated.sum(1))
     scores = est.predict(x)
     assert np.array_equal(~scores.any(axis=1), found.alert)
     assert np.array_equal(scores.argmax(1)[~found.alert], found.prediction[~found.alert])

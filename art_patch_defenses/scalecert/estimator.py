@@ -71,13 +71,11 @@ class ScaleCertMixin:
         check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
                      channels_first=self.channels_first)
         windows = self.windows_for(patch_size)
-        reach = windows.features.reshape(len(windows.boxes), -1)
         base, winners, evaluated, window_labels = [], [], [], []
         for start in tqdm(range(0, len(x), batch_size), desc="detect", disable=not verbose):
             images = x[start : start + batch_size]
             labels, kept, features = self._classify(images)
-            # A window is run iff it reaches a winner, i.e. it meets R (section 3.2); the others keep y*.
-            run = kept.reshape(len(images), -1) @ reach.T > 0
+            run = meets_region(kept, windows)  # the others keep y* (see .sin)
             copies = np.repeat(labels[:, None], len(windows.boxes), axis=1)
             rows, boxes = np.nonzero(run)
             for chunk in range(0, len(rows), batch_size):
@@ -97,6 +95,15 @@ class ScaleCertMixin:
             location[i] = windows.boxes[np.argmax(window_labels[i] != base_prediction[i]), [0, 2]]
         return Detection(prediction=prediction, alert=alert, location=location, base_prediction=base_prediction,
                          window_labels=window_labels, evaluated=evaluated, winners=winners)
+
+    def candidate_windows(self, x: np.ndarray, patch_size: int | None = None, batch_size: int = 256) -> np.ndarray:
+        """How many merged windows meet each image's candidate region R: the occluded copies ``detect`` and
+        ``certify`` run (one forward pass per image to find out)."""
+        check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
+                     channels_first=self.channels_first)
+        windows = self.windows_for(patch_size)
+        return np.concatenate([meets_region(self._classify(x[start : start + batch_size])[1], windows).sum(1)
+                               for start in range(0, len(x), batch_size)])
 
     def certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None, batch_size: int = 256,
                 verbose: bool = False) -> CertificationResult:
@@ -230,3 +237,8 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
         """The sparse model's class scores (SIN applied, no occlusion, no detection)."""
         return PyTorchClassifier.predict(self, x, batch_size=batch_size, **kwargs)
 
+
+def meets_region(winners: np.ndarray, windows: OcclusionWindows) -> np.ndarray:
+    """``(N, W)``: window ``w`` meets image ``n``'s candidate region R, i.e. occluding it excludes a winner."""
+    reach = windows.features.reshape(len(windows.boxes), -1).astype(np.float32)
+    return winners.reshape(len(winners), -1).astype(np.float32) @ reach.T > 0
