@@ -105,18 +105,20 @@ class ScaleCertMixin:
         return np.concatenate([meets_region(self._classify(x[start : start + batch_size])[1], windows).sum(1)
                                for start in range(0, len(x), batch_size)])
 
-    def certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None, batch_size: int = 256,
-                verbose: bool = False) -> CertificationResult:
+    def certify(self, x: np.ndarray, y: np.ndarray | None = None, patch_size: int | None = None,
+                batch_size: int = 256, verbose: bool = False) -> CertificationResult:
         """Algorithm 2: certified iff the sparse model and every occluded copy that meets the candidate region
-        say ``y``; then no patch of ``patch_size`` pixels anywhere can make the detector return a wrong label
-        without an alert (Theorem 1).
+        say ``y`` (default: the sparse model's own prediction); then no patch of ``patch_size`` pixels anywhere
+        can make the detector return another label without an alert (Theorem 1).
 
         :return: :class:`CertificationResult` with the detector's ``prediction`` (-1 = alert) on ``x``,
             ``certified``, ``alert`` and ``location``.
         """
-        y = check_labels(y, len(x), self.nb_classes)
+        if y is not None:
+            y = check_labels(y, len(x), self.nb_classes)
         found = self.detect(x, patch_size, batch_size, verbose)
-        certified = certify_from_labels(found.base_prediction, found.window_labels, y)
+        labels = found.base_prediction if y is None else y
+        certified = certify_from_labels(found.base_prediction, found.window_labels, labels)
         return CertificationResult(prediction=found.prediction, certified=certified, alert=found.alert,
                                    location=found.location)
 
