@@ -226,15 +226,27 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weight
     ``weights_path`` (or ``model_kwargs["weights"]``) is a tag or a file; ``wrapper_kwargs`` go to
     :func:`make_classifier` (e.g. ``device_type``).
     """
+    return wrap_registered_model(model_kwargs, wrapper_kwargs, weights_path)
+
+
+def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weights_path: str | None = None,
+                          estimator_class: type | None = None, settings: tuple[str, ...] = ()):
+    """What every Armory-style factory does: build ``model_kwargs["name"]`` with its weights and wrap it.
+
+    ``settings`` are the keys of ``model_kwargs`` passed on to ``estimator_class``; any other key is refused,
+    naming the known ones.
+    """
     model_kwargs = dict(model_kwargs)
     name = model_kwargs.pop("name", None)
     if name is None:
         raise ValueError(f"model_kwargs needs 'name', one of {', '.join(sorted(MODEL_REGISTRY))}")
     weights = weights_path or model_kwargs.pop("weights", None)
+    chosen = {key: model_kwargs.pop(key) for key in settings if key in model_kwargs}
     if model_kwargs:
-        raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: name, weights")
-    model = build_model(name, weights)
-    return make_classifier(model, name, **(wrapper_kwargs or {}))
+        known = ", ".join(["name", "weights", *settings])
+        raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: {known}")
+    return make_classifier(build_model(name, weights), name, estimator_class=estimator_class,
+                           **(wrapper_kwargs or {}), **chosen)
 
 
 def classifier_params(classifier) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
 
 #: Registered models that are robust-masking backbones (local logits).
@@ -19,19 +17,12 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     settings ``patch_size`` (pixels), ``threshold``, ``feature_clip``, ``feature_type``; ``wrapper_kwargs`` go to
     :func:`art_patch_defenses.models.make_classifier` (e.g. ``device_type``).
     """
-    from art_patch_defenses.models import build_model, make_classifier
+    from art_patch_defenses.models.registry import wrap_registered_model
 
     model_kwargs = dict(model_kwargs)
-    name = model_kwargs.pop("name", None)
-    if name not in BACKBONE_MODELS:
+    if model_kwargs.get("name") not in BACKBONE_MODELS:
         raise ValueError(f"model_kwargs 'name' must be a robust-masking backbone, one of "
-                         f"{', '.join(BACKBONE_MODELS)}; got {name!r}")
-    weights = weights_path or model_kwargs.pop("weights", None)
-    masking: dict[str, Any] = {key: model_kwargs.pop(key) for key in _MASKING_KEYS if key in model_kwargs}
-    if model_kwargs:
-        raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: name, weights, "
-                         f"{', '.join(_MASKING_KEYS)}")
-    if "feature_clip" in masking:
-        masking["feature_clip"] = tuple(float(v) for v in masking["feature_clip"])
-    return make_classifier(build_model(name, weights), name, estimator_class=PyTorchRobustMasking,
-                           **(wrapper_kwargs or {}), **masking)
+                         f"{', '.join(BACKBONE_MODELS)}; got {model_kwargs.get('name')!r}")
+    if "feature_clip" in model_kwargs:
+        model_kwargs["feature_clip"] = tuple(float(v) for v in model_kwargs["feature_clip"])
+    return wrap_registered_model(model_kwargs, wrapper_kwargs, weights_path, PyTorchRobustMasking, _MASKING_KEYS)

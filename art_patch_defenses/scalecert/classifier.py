@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from art_patch_defenses.scalecert.estimator import PyTorchScaleCert
 
 _SCALECERT_KEYS = ("superficial_layer", "top_k", "patch_size", "r", "tau")
@@ -17,16 +15,6 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     CNN) and the ScaleCert settings ``superficial_layer``, ``top_k``, ``patch_size``, ``r``, ``tau``;
     ``wrapper_kwargs`` go to ``make_classifier`` (e.g. ``device_type``).
     """
-    from art_patch_defenses.models import build_model, make_classifier
+    from art_patch_defenses.models.registry import wrap_registered_model
 
-    model_kwargs = dict(model_kwargs)
-    name = model_kwargs.pop("name", None)
-    if name is None:
-        raise ValueError("model_kwargs needs 'name' (a registered model)")
-    weights = weights_path or model_kwargs.pop("weights", None)
-    settings: dict[str, Any] = {key: model_kwargs.pop(key) for key in _SCALECERT_KEYS if key in model_kwargs}
-    if model_kwargs:
-        raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: name, weights, "
-                         f"{', '.join(_SCALECERT_KEYS)}")
-    return make_classifier(build_model(name, weights), name, estimator_class=PyTorchScaleCert,
-                           **(wrapper_kwargs or {}), **settings)
+    return wrap_registered_model(model_kwargs, wrapper_kwargs, weights_path, PyTorchScaleCert, _SCALECERT_KEYS)
