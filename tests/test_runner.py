@@ -202,3 +202,10 @@ def test_scalecert_from_config_detects_and_certifies(tmp_path):
     assert isinstance(get_art_model({"name": "mnist_cnn", "weights": "none"}), PyTorchScaleCert)
     with pytest.raises(ValueError, match="unknown model_kwargs"):
         get_art_model({"name": "mnist_cnn", "alpha": 1.0})
+
+
+@pytest.mark.parametrize("path", sorted((DEFAULT_SCENARIO.parents[2] / "examples" / "configs").glob("*.json")),
+                         ids=lambda path: path.name)
+def test_example_configs_are_valid(path):
+    suite = load_config(path)
+    assert suite["scenarios"] and all(s["model"]["module"].startswith("art_patch_defenses") for s in suite["scenarios"])
