@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from art_patch_defenses.geometry import affected_features, all_locations, patch_masks
+from art_patch_defenses.geometry import affected_features, all_locations
 
 
 def merge_group(window_hw: tuple[int, int], tau: float) -> int:
@@ -77,7 +77,3 @@ def occlusion_windows(image_hw: tuple[int, int], patch_hw: tuple[int, int], r: i
     return OcclusionWindows(boxes=boxes, pixels=pixels, features=affected_features(pixels, chain, map_hw),
                             contains=contains, placements=placements, unmerged_count=len(corners))
 
-
-def placement_masks(image_hw: tuple[int, int], patch_hw: tuple[int, int]) -> np.ndarray:
-    """Pixel masks ``(L, H, W)`` of every patch placement (for tests and attacks)."""
-    return patch_masks(image_hw, patch_hw, all_locations(image_hw, patch_hw))
