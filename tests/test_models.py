@@ -101,3 +101,18 @@ def test_file_logger_keeps_every_line(tmp_path, capsys):
     log("second")
     assert (tmp_path / "run.log").read_text() == "first\nsecond\n"
     assert capsys.readouterr().out == "first\nsecond\n"
+
+
+def test_open_run_log_keeps_the_earlier_log_when_a_run_continues(tmp_path):
+    from art_patch_defenses.models.checkpoints import open_run_log, sha256_of
+
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"weights")
+    log, previous = open_run_log(out, "train --fresh")
+    log("epoch 1")
+    assert previous is None and out.with_suffix(".log").read_text().splitlines()[0] == "command: train --fresh"
+    log, previous = open_run_log(out, "train --init model.pt", init=out)
+    assert previous == "model.part1.log"
+    assert "epoch 1" in (tmp_path / previous).read_text()
+    lines = out.with_suffix(".log").read_text().splitlines()
+    assert lines == ["command: train --init model.pt", f"continues from model.pt (sha256 {sha256_of(out)})"]

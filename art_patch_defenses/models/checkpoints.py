@@ -124,6 +124,20 @@ def keep_previous_log(log_path: Path) -> str | None:
     return previous.name
 
 
+def open_run_log(out: Path, command: str, init: Path | None = None) -> tuple[Callable[[str], None], str | None]:
+    """Start the log of a training run that writes ``out``: keep an earlier log when the run continues ``init``
+    (see :func:`keep_previous_log`), log the command and the starting checkpoint's sha256.
+
+    :return: the logger and the earlier log's new name (for :func:`record_checkpoint`), None for a fresh run.
+    """
+    previous_log = keep_previous_log(out.with_suffix(".log")) if init is not None else None
+    log = file_logger(out.with_suffix(".log"))
+    log(f"command: {command}")
+    if init is not None:
+        log(f"continues from {init.name} (sha256 {sha256_of(init)})")
+    return log, previous_log
+
+
 def record_checkpoint(
     record_path: Path, name: str, summary: dict, command: str, previous_log: str | None = None
 ) -> None:

@@ -24,7 +24,7 @@ from art_patch_defenses.data import load_dataset
 from art_patch_defenses.geometry import feature_window, window_masks
 from art_patch_defenses.models import build_model, save_checkpoint
 from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN
-from art_patch_defenses.models.checkpoints import file_logger, keep_previous_log, record_checkpoint, sha256_of
+from art_patch_defenses.models.checkpoints import open_run_log, record_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.models.training import train_classifier
 from art_patch_defenses.paths import checkpoints_dir
@@ -65,16 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     continued = args.init.endswith(".pt")
     if continued:  # read the starting weights before ``out`` (possibly the same file) is rewritten
         init = Path(args.init) if Path(args.init).is_file() else checkpoints_dir() / args.init
-        init_sha = sha256_of(init)
         backbone = load_backbone(init)
         base = torch.load(init, map_location="cpu", weights_only=True).get("base")
-    previous_log = keep_previous_log(out.with_suffix(".log")) if continued else None
-    log = file_logger(out.with_suffix(".log"))
-
     command = "python -m art_patch_defenses.robust_masking.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"command: {command}")
-    if continued:
-        log(f"continues from {init.name} (sha256 {init_sha})")
+    log, previous_log = open_run_log(out, command, init if continued else None)
     torch.manual_seed(args.seed)
     train = load_dataset("cifar10", "train")
     start = time.time()

@@ -16,7 +16,7 @@ import torch
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, save_checkpoint
-from art_patch_defenses.models.checkpoints import file_logger, keep_previous_log, record_checkpoint, sha256_of
+from art_patch_defenses.models.checkpoints import open_run_log, record_checkpoint
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.paths import checkpoints_dir
 from art_patch_defenses.scalecert.training import train_scalecert
@@ -42,13 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = f"cifar_resnet{args.depth}"
     out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_scalecert.pt"
-    continued = args.init.endswith(".pt")
-    previous_log = keep_previous_log(out.with_suffix(".log")) if continued else None
-    log = file_logger(out.with_suffix(".log"))
     command = "python -m art_patch_defenses.scalecert.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"command: {command}")
-    if continued:
-        log(f"continues from {Path(args.init).name} (sha256 {sha256_of(args.init)})")
+    log, previous_log = open_run_log(out, command, Path(args.init) if args.init.endswith(".pt") else None)
     torch.manual_seed(args.seed)
     train = load_dataset("cifar10", "train")
     model = build_model(name, args.init)
