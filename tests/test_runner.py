@@ -2,10 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import needs_shared
 
 from art_patch_defenses.cli import main
 from art_patch_defenses.evaluation import DEFAULT_SCENARIO, load_config, run_suite
-from art_patch_defenses.evaluation.runner import scenario_label
+from art_patch_defenses.evaluation.runner import run_scenario, scenario_label
 
 TINY = {
     "_description": "tiny",
@@ -209,3 +210,20 @@ def test_scalecert_from_config_detects_and_certifies(tmp_path):
 def test_example_configs_are_valid(path):
     suite = load_config(path)
     assert suite["scenarios"] and all(s["model"]["module"].startswith("art_patch_defenses") for s in suite["scenarios"])
+
+
+def test_example_default_is_the_embedded_default():
+    example = DEFAULT_SCENARIO.parents[2] / "examples" / "configs" / "mnist_embedded_default.json"
+    assert json.loads(example.read_text()) == json.loads(DEFAULT_SCENARIO.read_text())
+
+
+@needs_shared
+def test_art_derandomized_smoothing_scenario_runs(tmp_path):
+    """ART's own certifier from a config: attacked through its soft vote, judged by its thresholded vote."""
+    config = json.loads((DEFAULT_SCENARIO.parents[2] / "examples" / "configs"
+                         / "cifar10_art_derandomized_smoothing.json").read_text())
+    config["dataset"].update(n=10, batch_size=10)
+    config["attack"]["kwargs"].update(max_iter=2, batch_size=10)
+    results = run_scenario(load_config(config)["scenarios"][0], verbose=False).record["results"]
+    assert 0.0 <= results["adversarial_mean_categorical_accuracy"] <= 1.0
+    assert results["max_change_outside_patch"] == 0.0 and results["patch_pixels"] == [5, 5]

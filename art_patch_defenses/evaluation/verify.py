@@ -29,9 +29,8 @@ from tqdm.auto import tqdm
 from art_patch_defenses.attacks import masked_pgd
 from art_patch_defenses.attacks.eot import masked_pgd_eot
 from art_patch_defenses.geometry import expand_masks, patch_masks, random_locations
-from art_patch_defenses.models.art_baselines import SoftColumnVote
-from art_patch_defenses.models.bagnet import ColumnBandNet
-from art_patch_defenses.models.registry import classifier_params, make_classifier
+from art_patch_defenses.models.art_baselines import image_shape, soft_vote_classifier
+from art_patch_defenses.models.registry import classifier_params
 from art_patch_defenses.validation import check_images, check_labels
 
 CERTIFIERS = ("robust_masking", "scalecert", "mrs", "derandomized_smoothing")
@@ -53,14 +52,6 @@ def certifier_kind(estimator) -> str:
                 raise ValueError("verify supports ART's de-randomized smoothing with column ablation only")
             return kind
     raise ValueError(f"{type(estimator).__name__} is not a certifier verify knows ({', '.join(CERTIFIERS)})")
-
-
-def _image_shape(kind: str, estimator) -> tuple[int, ...]:
-    """The shape of one input image (ART's de-randomized smoothing stores the doubled, encoded shape)."""
-    if kind == "derandomized_smoothing" and estimator.algorithm == "levine2020":
-        channels, *hw = estimator.input_shape
-        return (channels // 2, *hw)
-    return tuple(estimator.input_shape)
 
 
 def _spread(indices: np.ndarray, count: int) -> np.ndarray:
@@ -93,10 +84,7 @@ class _Judge:
                       if key in PyTorchClassifier.estimator_params}
             self.target = PyTorchClassifier(**params)
         elif kind == "derandomized_smoothing":
-            image_shape = _image_shape(kind, estimator)
-            band_net = ColumnBandNet(estimator.model, estimator.ablation_size[0], image_shape[-2:])
-            self.target = make_classifier(SoftColumnVote(band_net), input_shape=image_shape,
-                                          nb_classes=estimator.nb_classes)
+            self.target = soft_vote_classifier(estimator)
 
     def outcome(self, x_adv: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per sample: (the undefended part was fooled, the certificate was violated)."""
@@ -123,7 +111,8 @@ def verify_certificates(
         ``attacked`` (samples x placements), ``fooled_base``, ``violations``, the attack and budget.
     """
     kind = certifier_kind(estimator)
-    check_images(x, "x", input_shape=_image_shape(kind, estimator), clip_values=(0.0, 1.0))
+    input_shape = image_shape(estimator) if kind == "derandomized_smoothing" else tuple(estimator.input_shape)
+    check_images(x, "x", input_shape=input_shape, clip_values=(0.0, 1.0))
     y = check_labels(y, len(x), estimator.nb_classes)
     image_hw = tuple(x.shape[2:])
     if not 1 <= patch_size <= min(image_hw):

@@ -49,6 +49,25 @@ def get_art_derandomized_smoothing(model_kwargs: dict, wrapper_kwargs: dict | No
     )
 
 
+def image_shape(estimator) -> tuple[int, ...]:
+    """The shape of one input image of ART's ``PyTorchDeRandomizedSmoothing`` (with ``levine2020`` its
+    ``input_shape`` is the doubled, ``(x, 1 - x)``-encoded one)."""
+    channels, *hw = estimator.input_shape
+    return (channels // 2, *hw) if estimator.algorithm == "levine2020" else tuple(estimator.input_shape)
+
+
+def soft_vote_classifier(estimator):
+    """A ``PyTorchClassifier`` on :class:`SoftColumnVote` of the base classifier of ART's column de-randomized
+    smoothing ``estimator``: what white-box attacks on it differentiate."""
+    from art_patch_defenses.models.registry import make_classifier
+
+    if estimator.ablation_type != "column" or estimator.algorithm != "levine2020":
+        raise ValueError("the soft vote is defined for column ablation with algorithm='levine2020'")
+    shape = image_shape(estimator)
+    band_net = ColumnBandNet(estimator.model, estimator.ablation_size[0], tuple(shape[-2:]))
+    return make_classifier(SoftColumnVote(band_net), input_shape=shape, nb_classes=estimator.nb_classes)
+
+
 class SoftColumnVote(nn.Module):
     """A differentiable stand-in for de-randomized smoothing's vote, for white-box attacks on it (BPDA-style):
     the log of the mean softmax of the band classifier over every column band. Its arg-max follows the soft
