@@ -6,6 +6,7 @@ from conftest import needs_shared
 
 from art_patch_defenses.cli import main
 from art_patch_defenses.evaluation import DEFAULT_SCENARIO, load_config, run_suite
+from art_patch_defenses.evaluation.config import armory_schema_gaps
 from art_patch_defenses.evaluation.runner import run_scenario, scenario_label
 
 TINY = {
@@ -210,6 +211,24 @@ def test_scalecert_from_config_detects_and_certifies(tmp_path):
 def test_example_configs_are_valid(path):
     suite = load_config(path)
     assert suite["scenarios"] and all(s["model"]["module"].startswith("art_patch_defenses") for s in suite["scenarios"])
+    for scenario in suite["scenarios"]:  # every field Armory's own schema requires is there
+        assert armory_schema_gaps(scenario) == []
+
+
+def test_armory_schema_gaps_are_named():
+    config = json.loads(DEFAULT_SCENARIO.read_text())["scenarios"][0]
+    assert armory_schema_gaps(config) == []
+    del config["adhoc"], config["model"]["fit"], config["sysconfig"]["use_gpu"]
+    config["attack"]["knowledge"] = "grey"
+    expected = ["adhoc", "model.fit", "sysconfig.use_gpu", "attack.knowledge (white or black)"]
+    assert armory_schema_gaps(config) == expected
+    with pytest.raises(ValueError, match="user_init"):
+        load_config({**config, "adhoc": None, "user_init": {"module": "x", "name": "y"}})
+    with pytest.raises(ValueError, match="adhoc"):
+        load_config({**config, "adhoc": 3})
+    with pytest.raises(ValueError, match="scenario must be"):
+        load_config({**config, "adhoc": None, "scenario": {"module": "armory.scenarios.poison", "name": "Poison",
+                                                           "kwargs": {}}})
 
 
 def test_example_default_is_the_embedded_default():

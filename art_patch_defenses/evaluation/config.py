@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 KNOWN_KEYS: dict[str, set[str]] = {
-    "": {"_description", "model", "dataset", "attack", "defense", "metric", "scenario", "sysconfig"},
+    "": {"_description", "adhoc", "model", "dataset", "attack", "defense", "metric", "scenario", "sysconfig",
+         "user_init"},
     "model": {"module", "name", "model_kwargs", "wrapper_kwargs", "weights_file", "fit", "fit_kwargs"},
     "dataset": {
         "module", "name", "framework", "batch_size", "eval_split", "train_split", "n", "seed", "root",
@@ -34,11 +35,26 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "defense": {"module", "name", "kwargs", "type"},
     "metric": {"means", "perturbation", "record_metric_per_sample", "task", "profiler_type"},
     "scenario": {"module", "name", "kwargs"},
-    "sysconfig": {"device_type", "output_dir", "verbose", "use_gpu", "gpus"},
+    "sysconfig": {"device_type", "output_dir", "verbose", "use_gpu", "gpus", "docker_image", "external_github_repo"},
 }
 REQUIRED_KEYS = {"model": {"module", "name"}, "dataset": {"name"}, "attack": {"module", "name"}}
+#: The keys Armory's own config schema (armory-testbed 0.19, ``armory/utils/config_schema.json``) requires, per
+#: block ("" = top level); blocks that may be null there are checked only when present. Our example configs carry
+#: them all, so that Armory's validator accepts them (see docs/armory.md for what else Armory would need).
+ARMORY_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("_description", "adhoc", "attack", "dataset", "defense", "metric", "model", "scenario", "sysconfig"),
+    "model": ("fit", "fit_kwargs", "model_kwargs", "module", "name", "weights_file", "wrapper_kwargs"),
+    "dataset": ("batch_size", "module", "name"),
+    "attack": ("knowledge", "kwargs", "module", "name"),
+    "defense": ("kwargs", "module", "name", "type"),
+    "metric": ("means", "perturbation", "record_metric_per_sample", "task"),
+    "scenario": ("kwargs", "module", "name"),
+    "sysconfig": ("docker_image", "external_github_repo", "gpus", "use_gpu"),
+}
 ATTACK_TYPES = ("patch", "masked")
 DEFENSE_TYPES = ("Preprocessor", "Postprocessor", "Trainer")
+#: The only Armory scenario this runner evaluates (a ``scenario`` block may name it, or be left out).
+IMAGE_CLASSIFICATION = ("armory.scenarios.image_classification", "ImageClassificationTask")
 
 
 def _check_keys(block: dict, where: str) -> None:
@@ -61,9 +77,17 @@ def validate_config(config: dict) -> dict:
     for block in ("model", "dataset", "attack"):
         if block not in config:
             raise ValueError(f"config lacks the {block!r} block")
-    for block in KNOWN_KEYS[""] - {"_description"}:
+    for block in KNOWN_KEYS[""] - {"_description", "adhoc", "user_init"}:
         if config.get(block) is not None:
             _check_keys(config[block], block)
+    if config.get("adhoc") is not None and not isinstance(config["adhoc"], dict):
+        raise ValueError("adhoc must be a mapping or null (Armory's scenario settings; this runner ignores it)")
+    scenario = config.get("scenario")
+    if scenario is not None and (scenario.get("module"), scenario.get("name")) != IMAGE_CLASSIFICATION:
+        raise ValueError(f"scenario must be Armory's image classification task {'.'.join(IMAGE_CLASSIFICATION)} "
+                         f"(the only one this runner evaluates), got {scenario.get('module')}.{scenario.get('name')}")
+    if config.get("user_init") is not None:
+        raise ValueError("user_init is not supported by this runner: call your setup code before evaluating")
     config = copy.deepcopy(config)
     attack = config["attack"]
     attack.setdefault("type", "masked")
@@ -79,6 +103,22 @@ def validate_config(config: dict) -> dict:
         if defense.get("type") not in DEFENSE_TYPES:
             raise ValueError(f"defense.type must be one of {DEFENSE_TYPES}, got {defense.get('type')!r}")
     return config
+
+
+def armory_schema_gaps(config: dict) -> list[str]:
+    """The keys of one scenario config that Armory's schema requires and the config lacks (``block.key``).
+
+    Armory accepts extra keys (its schema has no ``additionalProperties``), so a config with no gaps passes its
+    validator; whether Armory can then *run* it is another matter (docs/armory.md).
+    """
+    gaps = [key for key in ARMORY_REQUIRED_KEYS[""] if key not in config]
+    for block, keys in ARMORY_REQUIRED_KEYS.items():
+        if block and isinstance(config.get(block), dict):
+            gaps += [f"{block}.{key}" for key in keys if key not in config[block]]
+    attack = config.get("attack") or {}
+    if "knowledge" in attack and attack["knowledge"] not in ("white", "black"):
+        gaps.append("attack.knowledge (white or black)")
+    return gaps
 
 
 def load_config(source: str | Path | dict) -> dict:
