@@ -182,3 +182,28 @@ def affected_features(pixels: np.ndarray, layers: list[tuple[int, int, int]], ma
     rows = receptive_intervals(map_hw[0], pixels.shape[-2], layers).astype(np.float32)
     cols = receptive_intervals(map_hw[1], pixels.shape[-1], layers).astype(np.float32)
     return (rows @ pixels.astype(np.float32) @ cols.T) > 0
+
+
+def mask_positions(length: int, patch: int, masks_per_axis: int) -> tuple[np.ndarray, int]:
+    """PatchCleanser's mask starts along one axis and the mask side (Xiang et al., USENIX Security 2022, sec. 3.2).
+
+    Stride ``s = ceil((n - p + 1) / k)``, mask side ``m = p + s - 1``, starts ``0, s, 2s, ...`` below ``n - m`` plus
+    one flush with the far edge, so every placement of a ``p``-pixel patch lies inside one mask.
+    """
+    if not 1 <= patch <= length:
+        raise ValueError(f"patch must be in [1, {length}] pixels, got {patch}")
+    if masks_per_axis < 1:
+        raise ValueError(f"masks_per_axis must be at least 1, got {masks_per_axis}")
+    stride = math.ceil((length - patch + 1) / masks_per_axis)
+    side = min(patch + stride - 1, length)
+    starts = list(range(0, length - side, stride)) + [length - side]
+    return np.asarray(starts), side
+
+
+def mask_set(image_hw: tuple[int, int], patch: int, masks_per_axis: int) -> np.ndarray:
+    """Boolean masks ``(M, H, W)`` (True = masked) of PatchCleanser's R-covering mask set for a square patch."""
+    (rows, height), (cols, width) = (mask_positions(n, patch, masks_per_axis) for n in image_hw)
+    masks = np.zeros((len(rows) * len(cols), *image_hw), dtype=bool)
+    for k, (row, col) in enumerate((r, c) for r in rows for c in cols):
+        masks[k, row : row + height, col : col + width] = True
+    return masks

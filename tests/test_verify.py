@@ -41,6 +41,17 @@ def test_mrs_certificates_survive_the_attack(mnist_test):
     assert report["violations"] == 0
 
 
+def test_patchcleanser_certificates_survive_the_attack(mnist_test):
+    from art_patch_defenses.patchcleanser import get_art_model
+
+    estimator = get_art_model({"name": "mnist_cnn", "weights": "embedded", "patch_size": 5, "masks_per_axis": 4})
+    report = verify_certificates(estimator, mnist_test.x[::10][:40], mnist_test.y[::10][:40], 5, n_certified=2,
+                                 placements=3, max_iter=5, verbose=False)
+    assert report["certifier"] == "patchcleanser"
+    assert report["samples"] >= 1 and report["attacked"] == report["samples"] * 3
+    assert report["violations"] == 0
+
+
 def test_an_unsound_certificate_is_caught(mnist_test, monkeypatch):
     """A certifier that calls every right prediction certified must show violations: the check can fail."""
     from art_patch_defenses.robust_masking import get_art_model

@@ -13,6 +13,8 @@ attacks that did fool the undefended part (so the check could have failed). Cert
 - MRS (:class:`~art_patch_defenses.mrs.PyTorchMRS`): the certificate is an L2 radius for changes inside a mask, so
   each sample is certified with the patch region as its mask, attacked by L2 masked PGD with expectation over the
   noise inside 0.99 x its radius, and re-classified with fresh noise; a violation is another majority class.
+- PatchCleanser (:class:`~art_patch_defenses.patchcleanser.PyTorchPatchCleanser`): masked PGD against the base
+  classifier (double masking has no gradient); a violation is a double-masking label other than the label.
 - ART's ``PyTorchDeRandomizedSmoothing`` (column ablation): masked PGD on the soft column vote; a violation is a
   thresholded vote for another class.
 """
@@ -33,7 +35,8 @@ from art_patch_defenses.models.art_baselines import image_shape, soft_vote_class
 from art_patch_defenses.models.registry import classifier_params
 from art_patch_defenses.validation import check_images, check_labels
 
-CERTIFIERS = ("robust_masking", "scalecert", "mrs", "derandomized_smoothing")
+CERTIFIERS = ("robust_masking", "scalecert", "mrs", "patchcleanser", "derandomized_smoothing")
+_SET_FOR_PATCH = ("robust_masking", "scalecert", "patchcleanser")  # their predict runs the defence for one patch size
 
 
 def certifier_kind(estimator) -> str:
@@ -41,11 +44,12 @@ def certifier_kind(estimator) -> str:
     from art.estimators.certification.derandomized_smoothing import PyTorchDeRandomizedSmoothing
 
     from art_patch_defenses.mrs import PyTorchMRS
+    from art_patch_defenses.patchcleanser import PyTorchPatchCleanser
     from art_patch_defenses.robust_masking import PyTorchRobustMasking
     from art_patch_defenses.scalecert import PyTorchScaleCert
 
     kinds = {PyTorchRobustMasking: "robust_masking", PyTorchScaleCert: "scalecert", PyTorchMRS: "mrs",
-             PyTorchDeRandomizedSmoothing: "derandomized_smoothing"}
+             PyTorchPatchCleanser: "patchcleanser", PyTorchDeRandomizedSmoothing: "derandomized_smoothing"}
     for cls, kind in kinds.items():
         if isinstance(estimator, cls):
             if kind == "derandomized_smoothing" and estimator.ablation_type != "column":
@@ -61,13 +65,10 @@ def _spread(indices: np.ndarray, count: int) -> np.ndarray:
     return indices[np.unique(np.linspace(0, len(indices) - 1, count).astype(int))]
 
 
-def _drs_counts(estimator, x: np.ndarray) -> np.ndarray:
-    return estimator.predict(x, batch_size=128)
-
-
 def _certified_right(kind: str, estimator, x: np.ndarray, y: np.ndarray, side: int) -> np.ndarray:
     if kind == "derandomized_smoothing":
-        _, right, _ = estimator.ablator.certify(_drs_counts(estimator, x), size_to_certify=side, label=y)
+        _, right, _ = estimator.ablator.certify(estimator.predict(x, batch_size=128), size_to_certify=side,
+                                              label=y)
         return right.cpu().numpy().astype(bool)
     return estimator.certify(x, y, side).certified
 
@@ -79,7 +80,7 @@ class _Judge:
         from art.estimators.classification import PyTorchClassifier
 
         self.kind, self.estimator, self.target = kind, estimator, estimator
-        if kind == "scalecert":  # the sparse model: the same network (SIN inside), loss and normalisation
+        if kind in ("scalecert", "patchcleanser"):  # the network the defence runs (ScaleCert: SIN inside)
             params = {key: value for key, value in classifier_params(estimator).items()
                       if key in PyTorchClassifier.estimator_params}
             self.target = PyTorchClassifier(**params)
@@ -91,9 +92,9 @@ class _Judge:
         if self.kind == "scalecert":
             found = self.estimator.detect(x_adv)
             return found.base_prediction != y, (found.prediction != y) & ~found.alert
-        if self.kind == "derandomized_smoothing":
+        if self.kind in ("derandomized_smoothing", "patchcleanser"):
             fooled = self.target.predict(x_adv).argmax(1) != y
-            return fooled, _drs_counts(self.estimator, x_adv).argmax(1) != y
+            return fooled, self.estimator.predict(x_adv).argmax(1) != y
         wrong = self.estimator.predict(x_adv).argmax(1) != y
         return wrong, wrong
 
@@ -122,7 +123,7 @@ def verify_certificates(
     start = time.time()
     shape = (patch_size, patch_size)
     previous = getattr(estimator, "patch_size", None)
-    if kind in ("robust_masking", "scalecert") and previous != patch_size:
+    if kind in _SET_FOR_PATCH and previous != patch_size:
         estimator.set_params(patch_size=patch_size)  # predict / detect must run the defence the certificate is for
     try:
         if kind == "mrs":
@@ -131,7 +132,7 @@ def verify_certificates(
             counts = _verify_patch_certifier(kind, estimator, x, y, shape, n_certified, placements, max_iter,
                                              eps_step, batch_size, seed, verbose)
     finally:
-        if kind in ("robust_masking", "scalecert") and previous != patch_size:
+        if kind in _SET_FOR_PATCH and previous != patch_size:
             estimator.set_params(patch_size=previous)
     return {"certifier": kind, "patch_pixels": list(shape), "images": len(x), **counts,
             "seconds": round(time.time() - start, 1)}
@@ -157,6 +158,7 @@ def _verify_patch_certifier(kind, estimator, x, y, shape, n_certified, placement
     attack = {
         "robust_masking": "masked PGD through the masking (white-box)",
         "scalecert": "masked PGD against the sparse model",
+        "patchcleanser": "masked PGD against the base classifier, judged by double masking",
         "derandomized_smoothing": "masked PGD on the soft column vote (BPDA-style), judged by ART's vote",
     }[kind]
     return {"certified_available": int(certified.sum()), "samples": int(len(picks)),

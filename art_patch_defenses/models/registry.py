@@ -2,7 +2,8 @@
 
 Weights are named by a short tag or given as a path. Tags: ``"pretrained"`` (the shared He et al. weights),
 ``"finetuned"`` (this project's JPEG fine-tuned checkpoints), ``"mrs"`` (fine-tuned with noise in random squares,
-for MRS), ``"scalecert"`` (fine-tuned with the SIN mask and occluding windows, for ScaleCert), ``"trained"``
+for MRS), ``"scalecert"`` (fine-tuned with the SIN mask and occluding windows, for ScaleCert), ``"patchcleanser"``
+(fine-tuned with PatchCleanser's masks), ``"trained"``
 (this project's robust-masking backbones), ``"embedded"`` (trained on the embedded MNIST
 digits on first use and cached), ``"none"`` (untrained).
 """
@@ -57,11 +58,16 @@ def _scalecert_resnet(depth: int) -> Callable[[], Path]:
     return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_scalecert.pt"
 
 
+def _patchcleanser_resnet(depth: int) -> Callable[[], Path]:
+    return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_patchcleanser.pt"
+
+
 def _resnet_spec(depth: int) -> ModelSpec:
     weights = {}
     if depth in (20, 56):
         weights = {"pretrained": _pretrained_resnet(depth), "finetuned": _finetuned_resnet(depth),
-                   "mrs": _mrs_resnet(depth), "scalecert": _scalecert_resnet(depth)}
+                   "mrs": _mrs_resnet(depth), "scalecert": _scalecert_resnet(depth),
+                   "patchcleanser": _patchcleanser_resnet(depth)}
     return ModelSpec(
         factory=lambda: cifar_resnet(depth), input_shape=(3, 32, 32), nb_classes=10,
         mean=CIFAR10_MEAN, std=CIFAR10_STD, weights=weights,
@@ -110,9 +116,30 @@ def _embedded_mnist_scalecert() -> Path:
     return path
 
 
+PATCHCLEANSER_MNIST_EPOCHS = 3
+
+
+def _embedded_mnist_patchcleanser() -> Path:
+    """The embedded MNIST CNN fine-tuned for PatchCleanser (one or two masks of the 5x5 / 7x7 mask sets, k = 6)
+    on first use and cached (seconds on a CPU)."""
+    path = cache_dir() / f"mnist_cnn_embedded_patchcleanser_e{PATCHCLEANSER_MNIST_EPOCHS}.pt"
+    if not path.is_file():
+        from art_patch_defenses.data import load_dataset
+        from art_patch_defenses.patchcleanser.training import train_patchcleanser
+
+        model = load_weights(MnistCNN(), _embedded_mnist_cnn())
+        torch.manual_seed(0)
+        train = load_dataset("mnist_embedded", "train")
+        train_patchcleanser(model, train.x, train.y, MNIST_MEAN, MNIST_STD, patch_sizes=(5, 7),
+                            epochs=PATCHCLEANSER_MNIST_EPOCHS, lr=0.02, batch_size=64, flip=False, verbose=False)
+        save_checkpoint(model, path, arch="mnist_cnn", epochs=PATCHCLEANSER_MNIST_EPOCHS, patch_sizes=[5, 7])
+    return path
+
+
 MODEL_REGISTRY["mnist_cnn"] = ModelSpec(
     factory=MnistCNN, input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN, std=MNIST_STD,
-    weights={"embedded": _embedded_mnist_cnn, "scalecert": _embedded_mnist_scalecert},
+    weights={"embedded": _embedded_mnist_cnn, "scalecert": _embedded_mnist_scalecert,
+             "patchcleanser": _embedded_mnist_patchcleanser},
 )
 
 

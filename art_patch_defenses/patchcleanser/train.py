@@ -1,0 +1,61 @@
+"""Fine-tune a CIFAR ResNet for PatchCleanser (one or two masks from the 2x2 / 5x5 mask sets per image).
+
+Run, e.g.: ``python -m art_patch_defenses.patchcleanser.train --depth 20 --epochs 4``; the checkpoint goes to
+``checkpoints/cifar10_resnet<depth>_patchcleanser.pt`` (registry tag ``"patchcleanser"``), with its command and log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from art_patch_defenses.data import load_dataset
+from art_patch_defenses.models import build_model, save_checkpoint
+from art_patch_defenses.models.checkpoints import open_run_log, record_checkpoint
+from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
+from art_patch_defenses.patchcleanser.training import train_patchcleanser
+from art_patch_defenses.paths import checkpoints_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, choices=(20, 56), default=20)
+    parser.add_argument("--init", default="finetuned",
+                        help="weights tag or a .pt path to start from (a path continues that checkpoint's record)")
+    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 5])
+    parser.add_argument("--masks-per-axis", type=int, default=6)
+    parser.add_argument("--probability", type=float, default=0.75, help="share of training images masked")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    name = f"cifar_resnet{args.depth}"
+    out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_patchcleanser.pt"
+    command = "python -m art_patch_defenses.patchcleanser.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    log, previous_log = open_run_log(out, command, Path(args.init) if args.init.endswith(".pt") else None)
+    torch.manual_seed(args.seed)
+    train = load_dataset("cifar10", "train")
+    model = build_model(name, args.init)
+    start = time.time()
+    settings = {"patch_sizes": args.patch_sizes, "masks_per_axis": args.masks_per_axis,
+                "probability": args.probability, "fill": "normalisation mean"}
+    train_patchcleanser(model, train.x, train.y, CIFAR10_MEAN, CIFAR10_STD, patch_sizes=args.patch_sizes,
+                        masks_per_axis=args.masks_per_axis, probability=args.probability, epochs=args.epochs,
+                        lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
+    sha = save_checkpoint(model, out, arch=name, **settings)
+    summary = {"checkpoint": out.name, "sha256": sha, "model": name, "init": args.init, **settings,
+               "epochs": args.epochs, "lr": args.lr, "train_images": len(train),
+               "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
+    log(json.dumps(summary))
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""PatchCleanser: the mask set covers every patch placement, double masking on crafted prediction maps, the fast
+(one-mask first) and full-map predictions agree, and certified samples keep their label under patches everywhere."""
+
+import numpy as np
+import pytest
+import torch
+
+from art_patch_defenses.geometry import mask_positions, mask_set, patch_masks
+from art_patch_defenses.patchcleanser import (
+    PyTorchPatchCleanser,
+    certified_from_map,
+    double_masking,
+    double_masking_from_map,
+)
+
+
+@pytest.mark.parametrize("n, p, k", [(8, 1, 2), (8, 3, 3), (11, 2, 4), (16, 5, 3), (16, 16, 2), (32, 5, 6),
+                                     (32, 2, 6), (13, 4, 13)])
+def test_mask_set_covers_every_patch_placement(n, p, k):
+    starts, side = mask_positions(n, p, k)
+    stride = -(-(n - p + 1) // k)
+    assert side == min(p + stride - 1, n) and len(starts) <= k and starts[-1] == n - side
+    masks = mask_set((n, n), p, k)
+    for row in range(n - p + 1):
+        for col in range(n - p + 1):
+            patch = patch_masks((n, n), (p, p), np.array([[row, col]]))[0]
+            assert np.any(np.all(masks[:, patch], axis=1)), (row, col)
+
+
+def test_mask_geometry_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="patch"):
+        mask_positions(8, 9, 2)
+    with pytest.raises(ValueError, match="masks_per_axis"):
+        mask_positions(8, 2, 0)
+
+
+def _map(one_mask, two_mask=None):
+    """A symmetric prediction map from one-mask labels and an optional dict {(i, j): label}."""
+    one_mask = np.asarray(one_mask)
+    grid = np.tile(one_mask[:, None], (1, len(one_mask)))  # default: a pair predicts like its first mask
+    grid = np.where(np.arange(len(one_mask))[:, None] <= np.arange(len(one_mask))[None], grid, grid.T)
+    for (i, j), label in (two_mask or {}).items():
+        grid[i, j] = grid[j, i] = label
+    return grid[None]
+
+
+def test_double_masking_unanimous():
+    assert double_masking_from_map(_map([3, 3, 3, 3]))[0] == 3
+
+
+def test_double_masking_trusts_a_disagreer_whose_two_mask_row_agrees():
+    # mask 2 says 7, the majority says 3; every pair with mask 2 says 7: the patch was under mask 2.
+    prediction_map = _map([3, 3, 7, 3], {(0, 2): 7, (1, 2): 7, (2, 3): 7})
+    assert double_masking_from_map(prediction_map)[0] == 7
+
+
+def test_double_masking_falls_back_to_the_majority():
+    # mask 2 disagrees but a pair with it says 3: not trusted.
+    prediction_map = _map([3, 3, 7, 3], {(0, 2): 7, (1, 2): 3, (2, 3): 7})
+    assert double_masking_from_map(prediction_map)[0] == 3
+
+
+def test_double_masking_takes_disagreers_in_index_order():
+    # masks 1 and 3 disagree; mask 1's row fails, mask 3's row holds.
+    prediction_map = _map([3, 5, 3, 8, 3], {(0, 1): 3, (1, 3): 8, (0, 3): 8, (2, 3): 8, (3, 4): 8})
+    assert double_masking_from_map(prediction_map)[0] == 8
+
+
+def test_double_masking_majority_tie_goes_to_the_lowest_label():
+    prediction_map = _map([4, 2, 4, 2], {(0, 1): 9, (0, 3): 9, (1, 2): 9, (2, 3): 9})
+    assert double_masking_from_map(prediction_map)[0] == 2
+    one_mask = np.array([[4, 2, 4, 2]])
+    rows = {(0, 0): np.array([4, 9, 4, 9]), (0, 2): np.array([4, 9, 4, 9])}
+    assert double_masking(one_mask, rows)[0] == 2
+
+
+def test_certified_only_when_every_prediction_is_the_label():
+    assert certified_from_map(_map([3, 3, 3]), np.array([3]))[0]
+    assert not certified_from_map(_map([3, 3, 3], {(0, 2): 1}), np.array([3]))[0]
+    assert not certified_from_map(_map([3, 3, 3]), np.array([1]))[0]
+
+
+@pytest.fixture(scope="module")
+def cleanser():
+    from art_patch_defenses.models import build_model, make_classifier
+
+    return make_classifier(build_model("mnist_cnn", "embedded"), "mnist_cnn", estimator_class=PyTorchPatchCleanser,
+                           patch_size=5, masks_per_axis=4)
+
+
+def test_prediction_map_is_symmetric_and_agrees_with_the_fast_path(cleanser, mnist_test):
+    x = mnist_test.x[::25][:12]
+    prediction_map = cleanser.prediction_map(x)
+    masks = cleanser.masks_for()
+    assert prediction_map.shape == (12, len(masks), len(masks))
+    np.testing.assert_array_equal(prediction_map, prediction_map.transpose(0, 2, 1))
+    fill = np.float32(0.1307)  # the MNIST normalisation mean: zero in the normalised input
+    for n in (0, 5):
+        for i, j in ((0, 0), (1, 7), (3, 15)):
+            copy = np.where(masks[i] | masks[j], fill, x[n])[None]
+            assert prediction_map[n, i, j] == cleanser.predict_base(copy).argmax(1)[0]
+    np.testing.assert_array_equal(cleanser.robust_labels(x), double_masking_from_map(prediction_map))
+    np.testing.assert_array_equal(cleanser.predict(x).argmax(1), double_masking_from_map(prediction_map))
+    result = cleanser.certify(x, mnist_test.y[::25][:12])
+    np.testing.assert_array_equal(result.certified, certified_from_map(prediction_map, mnist_test.y[::25][:12]))
+
+
+def test_certified_samples_keep_their_label_under_patches_everywhere(cleanser, mnist_test):
+    x, y = mnist_test.x[::10][:40], mnist_test.y[::10][:40]
+    certified = np.flatnonzero(cleanser.certify(x, y).certified)
+    assert len(certified) >= 1, "no certified sample: the soundness check would prove nothing"
+    rng = np.random.default_rng(0)
+    side = 32 - 5 + 1
+    locations = np.array([[r, c] for r in range(side) for c in range(side)])
+    for i in certified[:1]:
+        for content in ("noise", "white"):
+            patched = np.repeat(x[i : i + 1], len(locations), axis=0)
+            for k, (r, c) in enumerate(locations):
+                patched[k, :, r : r + 5, c : c + 5] = rng.random((1, 5, 5)) if content == "noise" else 1.0
+            assert np.all(cleanser.robust_labels(patched) == y[i]), (i, content)
+
+
+def test_settings_are_validated_and_restored(cleanser, mnist_test):
+    with pytest.raises(ValueError, match="masks_per_axis"):
+        cleanser.set_params(patch_size=3, masks_per_axis=0)
+    assert cleanser.patch_size == 5 and cleanser.masks_per_axis == 4
+    with pytest.raises(ValueError, match="fill_value"):
+        cleanser.set_params(fill_value=2.0)
+    assert cleanser.fill_value is None
+    with pytest.raises(ValueError, match="empty"):
+        cleanser.predict(mnist_test.x[:0])
+    with pytest.raises(ValueError, match="NHWC"):
+        cleanser.certify(mnist_test.x[:2].transpose(0, 2, 3, 1), mnist_test.y[:2])
+
+
+class ChannelsLast(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.inner(batch.permute(0, 3, 1, 2))
+
+
+def test_nhwc_gives_the_nchw_answer(mnist_test):
+    from art_patch_defenses.models import build_model
+
+    model = build_model("mnist_cnn", "embedded")
+    settings = {"loss": torch.nn.CrossEntropyLoss(), "nb_classes": 10, "clip_values": (0.0, 1.0),
+                "preprocessing": (0.1307, 0.3081), "patch_size": 5, "masks_per_axis": 3, "device_type": "cpu"}
+    nchw = PyTorchPatchCleanser(model, input_shape=(1, 32, 32), **settings)
+    nhwc = PyTorchPatchCleanser(ChannelsLast(model), input_shape=(32, 32, 1), channels_first=False, **settings)
+    x = mnist_test.x[::100][:6]
+    np.testing.assert_array_equal(nhwc.prediction_map(x.transpose(0, 2, 3, 1)), nchw.prediction_map(x))
+    np.testing.assert_array_equal(nhwc.predict(x.transpose(0, 2, 3, 1)), nchw.predict(x))
