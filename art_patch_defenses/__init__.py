@@ -17,11 +17,17 @@ _COMPONENTS = {
     "fnc_classifier": "art_patch_defenses.fnc",
     "insert_fnc": "art_patch_defenses.fnc",
     "PatchZero": "art_patch_defenses.patchzero",
+    "PyTorchRobustMasking": "art_patch_defenses.robust_masking",
+    "PyTorchMRS": "art_patch_defenses.mrs",
+    "PyTorchScaleCert": "art_patch_defenses.scalecert",
+    "PyTorchPatchCleanser": "art_patch_defenses.patchcleanser",
+    "CertificationResult": "art_patch_defenses.certification",
     "MaskedAutoPGD": "art_patch_defenses.attacks",
     "masked_pgd": "art_patch_defenses.attacks",
     "adversarial_patch": "art_patch_defenses.attacks",
     "lavan_patch": "art_patch_defenses.attacks",
     "run_suite": "art_patch_defenses.evaluation",
+    "verify_certificates": "art_patch_defenses.evaluation.verify",
 }
 
 __all__ = ["__version__", *_COMPONENTS]

@@ -101,9 +101,10 @@ def test_embedded_default_scenario_runs(tmp_path):
         if defence == "none":
             assert results["benign_mean_categorical_accuracy"] > 0.85
             assert results["adversarial_mean_categorical_accuracy"] < results["benign_mean_categorical_accuracy"]
-        if defence in ("robust_masking", "scalecert"):  # certified implies right on the clean image
+        if defence in ("robust_masking", "scalecert", "patchcleanser"):  # certified implies right when clean
             assert results["certified_accuracy"] <= results["benign_mean_categorical_accuracy"]
-    assert {"none", "fnc", "PatchZero.from_checkpoint", "robust_masking", "mrs", "scalecert"} <= set(defences)
+    assert {"none", "fnc", "PatchZero.from_checkpoint", "robust_masking", "mrs", "scalecert",
+            "patchcleanser"} <= set(defences)
 
 
 def test_mask_metrics_on_hand_counted_masks():
@@ -142,6 +143,9 @@ def test_package_exposes_its_components_lazily():
 
     assert art_patch_defenses.PatchZero.__name__ == "PatchZero"
     assert callable(art_patch_defenses.fnc_classifier)
+    for certifier in ("PyTorchRobustMasking", "PyTorchMRS", "PyTorchScaleCert", "PyTorchPatchCleanser"):
+        assert hasattr(getattr(art_patch_defenses, certifier), "certify")
+    assert callable(art_patch_defenses.verify_certificates)
     with pytest.raises(AttributeError):
         art_patch_defenses.NoSuchThing  # noqa: B018
 
