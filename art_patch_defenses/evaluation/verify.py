@@ -4,7 +4,9 @@ A certificate says that no patch of a given size, anywhere, changes the certifie
 takes the samples a certifier's own ``certify`` certifies (right and certified), pastes a patch at several
 placements per sample, optimises it white-box with the strongest attack that fits the certificate, and counts the
 attacked samples whose output contradicts the certificate. A sound certifier gives 0; ``fooled_base`` counts the
-attacks that did fool the undefended part (so the check could have failed). Certifiers and what a violation is:
+attacks that did fool the undefended part (so the check could have failed): the base classifier, ScaleCert's
+sparse model, the soft column vote, or for robust masking the unmasked sum of the local features. Certifiers and
+what a violation is:
 
 - robust masking (:class:`~art_patch_defenses.robust_masking.PyTorchRobustMasking`): masked PGD through the masking;
   a violation is a robust prediction other than the label.
@@ -95,8 +97,9 @@ class _Judge:
         if self.kind in ("derandomized_smoothing", "patchcleanser"):
             fooled = self.target.predict(x_adv).argmax(1) != y
             return fooled, self.estimator.predict(x_adv).argmax(1) != y
-        wrong = self.estimator.predict(x_adv).argmax(1) != y
-        return wrong, wrong
+        # robust masking: "fooled" = the unmasked vote (the local features summed, no masking) is wrong
+        unmasked = self.estimator.local_features(x_adv).sum(axis=(1, 2)).argmax(1)
+        return unmasked != y, self.estimator.predict(x_adv).argmax(1) != y
 
 
 def verify_certificates(
