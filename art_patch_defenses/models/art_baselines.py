@@ -17,8 +17,6 @@ from torch import nn
 from art_patch_defenses.models.bagnet import ColumnBandNet
 from art_patch_defenses.models.registry import build_model, get_spec
 
-_SMOOTHING_KEYS = ("threshold",)
-
 
 def get_art_derandomized_smoothing(model_kwargs: dict, wrapper_kwargs: dict | None = None,
                                    weights_path: str | None = None):
