@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--pgd-iter", type=int, default=10)
     args = parser.parse_args()
 
+    path = weights_path("cifar_resnet20", "patchcleanser")
+    weights_sha256 = sha256_of(path)  # of the weights loaded now, not of whatever the file holds at the end
     estimator = get_art_model({"name": "cifar_resnet20", "weights": "patchcleanser", "patch_size": 5,
                                "masks_per_axis": 6})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
@@ -99,9 +101,8 @@ def main() -> None:
     results["soundness_attack"] = check
     results["seconds"] = seconds
 
-    path = weights_path("cifar_resnet20", "patchcleanser")
     config = {
-        "model": "cifar_resnet20", "weights": path.name, "weights_sha256": sha256_of(path),
+        "model": "cifar_resnet20", "weights": path.name, "weights_sha256": weights_sha256,
         "masks": {"masks_per_axis": 6, "fill": "normalisation mean (zero in the normalised input)",
                   "mask_side_5x5": int(estimator.masks_for(5)[0].sum(0).max()),
                   "mask_side_2x2": int(estimator.masks_for(2)[0].sum(0).max())},
