@@ -1,5 +1,6 @@
 """PatchCleanser: the mask set covers every patch placement, double masking on crafted prediction maps, the fast
-(one-mask first) and full-map predictions agree, and certified samples keep their label under patches everywhere."""
+(one-mask first) and full-map predictions agree, certified samples keep their label under patches everywhere,
+and worst-of-c mask training trains on the worst draw."""
 
 import numpy as np
 import pytest
@@ -153,3 +154,32 @@ def test_nhwc_gives_the_nchw_answer(mnist_test):
     x = mnist_test.x[::100][:6]
     np.testing.assert_array_equal(nhwc.prediction_map(x.transpose(0, 2, 3, 1)), nchw.prediction_map(x))
     np.testing.assert_array_equal(nhwc.predict(x.transpose(0, 2, 3, 1)), nchw.predict(x))
+
+
+class _MeanLogit(torch.nn.Module):
+    """Logits ``(s, -s)`` with ``s`` the image mean: for label 0, more masked (zeroed) pixels, higher loss."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(1, 2, 3))
+        return torch.stack([s, -s], 1)
+
+
+def test_worst_of_masks_loss_trains_on_the_highest_loss_draw():
+    from art_patch_defenses.patchcleanser.training import _draw_masks, _mask_sets, worst_of_masks_loss
+
+    batch, labels = torch.ones(16, 1, 32, 32), torch.zeros(16, dtype=torch.long)
+    loss_fn = worst_of_masks_loss((32, 32), (5,), 6, candidates=5, seed=3)
+    _, logits = loss_fn(_MeanLogit(), batch, labels)
+    sets, generator = _mask_sets((32, 32), (5,), 6, 2), torch.Generator().manual_seed(3)
+    draws = torch.stack([_draw_masks(sets, 16, 2, generator) for _ in range(5)])  # the same draws
+    most_covered = draws.flatten(2).sum(2).max(0).values.float()
+    np.testing.assert_allclose(logits[:, 0].numpy(), 1 - most_covered.numpy() / 1024, rtol=1e-6)
+    assert torch.any(most_covered > draws[0].flatten(1).sum(1))  # the first draw alone would not pass
+
+
+def test_worst_of_needs_every_image_masked():
+    from art_patch_defenses.patchcleanser import train_patchcleanser
+
+    x, y = np.zeros((4, 1, 32, 32), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="probability must be 1.0"):
+        train_patchcleanser(_MeanLogit(), x, y, (0.5,), (0.5,), probability=0.75, worst_of=4)

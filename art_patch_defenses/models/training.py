@@ -87,6 +87,8 @@ def train_classifier(
     :param loss_fn: ``loss_fn(model, normalised_batch, labels) -> (loss, logits)`` for a method's own
         objective; default: cross-entropy of ``model(batch)``.
     :param log: called with one line per epoch (loss, accuracy, seconds).
+    :param seed: seeds the order, crops and ``batch_transform`` draws; a run that continues a checkpoint should
+        take a new one, or it replays the earlier run's first epochs image for image.
     :return: the trained model, in eval mode.
     """
     if len(x) == 0:

@@ -8,8 +8,8 @@ label, and an image whose one- and two-mask predictions all agree with its label
 from art_patch_defenses.patchcleanser.classifier import get_art_model
 from art_patch_defenses.patchcleanser.double_masking import certified_from_map, double_masking, double_masking_from_map
 from art_patch_defenses.patchcleanser.estimator import PatchCleanserMixin, PyTorchPatchCleanser
-from art_patch_defenses.patchcleanser.training import mask_augmentation, train_patchcleanser
+from art_patch_defenses.patchcleanser.training import mask_augmentation, train_patchcleanser, worst_of_masks_loss
 
 __all__ = [
     "PatchCleanserMixin", "PyTorchPatchCleanser", "certified_from_map", "double_masking", "double_masking_from_map",
-    "get_art_model", "mask_augmentation", "train_patchcleanser"]
+    "get_art_model", "mask_augmentation", "train_patchcleanser", "worst_of_masks_loss"]

@@ -1,4 +1,4 @@
-"""Fine-tune a CIFAR ResNet for PatchCleanser (one or two masks from the 2x2 / 5x5 mask sets per image).
+"""Fine-tune a CIFAR ResNet for PatchCleanser (two masks from the 2x2 or 5x5 mask set per image).
 
 Run, e.g.: ``python -m art_patch_defenses.patchcleanser.train --depth 20 --epochs 4``; the checkpoint goes to
 ``checkpoints/cifar10_resnet<depth>_patchcleanser.pt`` (registry tag ``"patchcleanser"``), with its command and log.
@@ -30,10 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 5])
     parser.add_argument("--masks-per-axis", type=int, default=6)
     parser.add_argument("--probability", type=float, default=0.75, help="share of training images masked")
+    parser.add_argument("--worst-of", type=int, default=1,
+                        help="train on the highest-loss of this many mask draws per image (needs --probability 1)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="a new one when continuing a run (see train_classifier)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     name = f"cifar_resnet{args.depth}"
@@ -45,10 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(name, args.init)
     start = time.time()
     settings = {"patch_sizes": args.patch_sizes, "masks_per_axis": args.masks_per_axis,
-                "probability": args.probability, "fill": "normalisation mean"}
+                "probability": args.probability, "worst_of": args.worst_of, "fill": "normalisation mean"}
     train_patchcleanser(model, train.x, train.y, CIFAR10_MEAN, CIFAR10_STD, patch_sizes=args.patch_sizes,
-                        masks_per_axis=args.masks_per_axis, probability=args.probability, epochs=args.epochs,
-                        lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
+                        masks_per_axis=args.masks_per_axis, probability=args.probability, worst_of=args.worst_of,
+                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
     sha = save_checkpoint(model, out, arch=name, **settings)
     summary = {"checkpoint": out.name, "sha256": sha, "model": name, "init": args.init, **settings,
                "epochs": args.epochs, "lr": args.lr, "train_images": len(train),
