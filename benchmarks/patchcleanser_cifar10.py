@@ -1,8 +1,8 @@
 """PatchCleanser on CIFAR-10: clean and certified accuracy (5x5 = 2.4%, 2x2 = 0.4%), speed, soundness.
 
-Model: ``checkpoints/cifar10_resnet20_patchcleanser.pt`` (the fine-tuned ResNet-20, then fine-tuned with one or two
-masks of the 2x2 / 5x5 mask sets per image; see ``checkpoints.json``); k = 6 masks per axis, masked pixels set to
-the normalisation mean. Data: ``--n`` class-balanced shared test images (seed 0).
+Model: ``checkpoints/cifar10_resnet20_patchcleanser.pt`` (the fine-tuned ResNet-20, then fine-tuned with two masks
+of the 2x2 or 5x5 mask set per image; see ``checkpoints.json``); k = 6 masks per axis, masked pixels set to the
+normalisation mean. Data: ``--n`` class-balanced shared test images (seed 0).
 - ``clean_accuracy``: double masking for a 5x5 patch (from ``certify``'s prediction map);
   ``clean_accuracy_undefended``: the same weights without masks; ``clean_accuracy_finetuned_undefended``: the
   fine-tuned ResNet-20 it started from (the model the goal compares with);
