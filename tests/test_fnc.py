@@ -196,3 +196,59 @@ def test_armory_factory_builds_an_fnc_classifier(mnist_classifier):
     )
     assert isinstance(classifier, PyTorchFNCClassifier) and classifier.alpha == 1.5
     assert classifier.fnc_layer_count == 2
+
+
+def test_clone_for_refitting_keeps_the_fnc_layers_and_alpha(resnet_classifiers):
+    base, _ = resnet_classifiers
+    defended = fnc_classifier(base, alpha=0.9, n_fnc=3)
+    clone = defended.clone_for_refitting()
+    assert isinstance(clone, PyTorchFNCClassifier) and clone.model is not defended.model
+    assert clone.fnc_layer_count == defended.fnc_layer_count == 3
+    assert clone.alpha == 0.9 and all(layer.alpha == 0.9 for layer in fnc_layers(clone.model))
+    assert (clone.n_fnc, clone.insertion_points) == (3, None)
+    # The clone clips as the original does: with the original's weights it predicts the same.
+    x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    clone.model.load_state_dict(defended.model.state_dict())
+    np.testing.assert_allclose(clone.predict(x), defended.predict(x), rtol=1e-5, atol=1e-5)
+    # A working classifier: fitting moves its own weights, not the original's.
+    before = {k: v.clone() for k, v in defended.model.state_dict().items()}
+    clone.fit(x, np.arange(8) % 10, batch_size=4, nb_epochs=1, verbose=False)
+    assert clone.predict(x).shape == (8, 10)
+    assert all(torch.equal(v, defended.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_clone_for_refitting_with_explicit_insertion_points():
+    classifier = make_classifier(MnistCNN(), "mnist_cnn")
+    defended = fnc_classifier(classifier, alpha=1.5, insertion_points=["features.1", "features.4"])
+    clone = defended.clone_for_refitting()
+    assert clone.fnc_layer_count == 2 and clone.alpha == 1.5
+    assert clone.insertion_points == ["features.1", "features.4"]
+
+
+def test_get_params_round_trips_through_set_params(resnet_classifiers):
+    base, _ = resnet_classifiers
+    defended = fnc_classifier(base, alpha=1.1, n_fnc=3)
+    x = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
+    expected = defended.predict(x)
+    params = defended.get_params()
+    defended.set_params(**params)
+    assert defended.model is params["model"] and (defended.alpha, defended.n_fnc) == (1.1, 3)
+    np.testing.assert_array_equal(defended.predict(x), expected)
+    with pytest.raises(ValueError, match="model cannot be replaced"):
+        defended.set_params(model=cifar_resnet(20))
+    with pytest.raises(ValueError, match="insertion_points are fixed"):
+        defended.set_params(insertion_points=["layer1.0"])
+    assert defended.insertion_points is None and defended.fnc_layer_count == 3
+
+
+def test_constructor_takes_a_model_that_already_has_fnc_layers(resnet_classifiers):
+    base, _ = resnet_classifiers
+    clipped = insert_fnc(base.model, alpha=0.7, n_fnc=3)
+    kwargs = {"loss": base.loss, "input_shape": base.input_shape, "nb_classes": 10}
+    taken = PyTorchFNCClassifier(clipped, **kwargs)
+    assert taken.model is clipped and taken.fnc_layer_count == 3
+    assert (taken.alpha, taken.n_fnc, taken.insertion_points) == (0.7, 3, None)
+    assert PyTorchFNCClassifier(clipped, alpha=1.3, **kwargs).alpha == 1.3
+    assert all(layer.alpha == 1.3 for layer in fnc_layers(clipped))
+    with pytest.raises(ValueError, match="n_fnc is fixed"):
+        PyTorchFNCClassifier(clipped, n_fnc=5, **kwargs)

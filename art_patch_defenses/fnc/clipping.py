@@ -137,13 +137,30 @@ def insert_fnc(
     """
     clipped = copy.deepcopy(model)
     modules = dict(clipped.named_modules())
+    for name in chosen_modules(clipped, n_fnc, insertion_points):
+        module = modules[name]
+        if hasattr(module, "fnc"):
+            raise ValueError(f"module {name!r} already has an FNC layer")
+        module.fnc = FeatureNormClipping(alpha)
+        module.register_forward_hook(_clip_block_output)
+    return clipped
+
+
+def chosen_modules(
+    model: nn.Module, n_fnc: int | None = None, insertion_points: Sequence[str] | None = None
+) -> list[str]:
+    """Names of the modules :func:`insert_fnc` clips after for these settings, in forward order.
+
+    :raises ValueError: if no insertion point is found, a named one does not exist, or ``n_fnc`` is out of range.
+    """
+    modules = dict(model.named_modules())
     if insertion_points is not None:
         names = list(insertion_points)
         unknown = [name for name in names if name not in modules or name == ""]
         if unknown:
             raise ValueError(f"insertion_points {unknown} are not modules of {type(model).__name__}")
     else:
-        names = cascaded_modules(clipped)
+        names = cascaded_modules(model)
         if not names:
             raise ValueError(
                 f"no residual, inverted-residual or inception block found in {type(model).__name__}; "
@@ -151,13 +168,12 @@ def insert_fnc(
             )
     if n_fnc is not None:
         names = [names[i] for i in spread_evenly(len(names), n_fnc)]
-    for name in names:
-        module = modules[name]
-        if hasattr(module, "fnc"):
-            raise ValueError(f"module {name!r} already has an FNC layer")
-        module.fnc = FeatureNormClipping(alpha)
-        module.register_forward_hook(_clip_block_output)
-    return clipped
+    return names
+
+
+def clipped_modules(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` that carry an FNC layer (attached by :func:`insert_fnc`)."""
+    return [name for name, m in model.named_modules() if isinstance(getattr(m, "fnc", None), FeatureNormClipping)]
 
 
 def fnc_layers(model: nn.Module) -> list[FeatureNormClipping]:
