@@ -252,3 +252,41 @@ def test_constructor_takes_a_model_that_already_has_fnc_layers(resnet_classifier
     assert all(layer.alpha == 1.3 for layer in fnc_layers(clipped))
     with pytest.raises(ValueError, match="n_fnc is fixed"):
         PyTorchFNCClassifier(clipped, n_fnc=5, **kwargs)
+
+
+class ChannelsLast(nn.Module):
+    """An NHWC front for an NCHW network: what an ART classifier with ``channels_first=False`` wraps."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.permute(0, 3, 1, 2))
+
+
+def test_batchnorm_recalibration_takes_the_estimators_own_layout():
+    torch.manual_seed(0)
+    network = cifar_resnet(20).eval()
+    mean, std = np.array([0.49, 0.48, 0.45], np.float32), np.array([0.25, 0.24, 0.26], np.float32)
+    settings = {"loss": nn.CrossEntropyLoss(), "nb_classes": 10, "clip_values": (0.0, 1.0), "device_type": "cpu",
+                "alpha": 1.1}
+    nchw = PyTorchFNCClassifier(network, input_shape=(3, 32, 32), preprocessing=(mean.reshape(3, 1, 1),
+                                std.reshape(3, 1, 1)), **settings)
+    nhwc = PyTorchFNCClassifier(ChannelsLast(network), input_shape=(32, 32, 3), channels_first=False,
+                                preprocessing=(mean, std), **settings)
+    x = np.random.default_rng(3).random((24, 3, 32, 32), dtype=np.float32)
+    x_nhwc = x.transpose(0, 2, 3, 1)
+    nchw.recalibrate_batchnorm(x, batch_size=8, verbose=False)
+    nhwc.recalibrate_batchnorm(x_nhwc, batch_size=8, verbose=False)  # same augmentation draws, other layout
+    torch.testing.assert_close(nhwc.model.inner.bn1.running_var, nchw.model.bn1.running_var)
+    torch.testing.assert_close(nhwc.model.inner.layer3[2].bn2.running_mean, nchw.model.layer3[2].bn2.running_mean)
+    np.testing.assert_allclose(nhwc.predict(x_nhwc), nchw.predict(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="NCHW"):
+        nhwc.recalibrate_batchnorm(x, verbose=False)
+    with pytest.raises(ValueError, match="NHWC"):
+        nchw.recalibrate_batchnorm(x_nhwc, verbose=False)
+    with pytest.raises(ValueError, match="NHWC"):
+        recalibrate_batchnorm(insert_fnc(network), x_nhwc, verbose=False)
+    with pytest.raises(ValueError, match="outside clip_values"):
+        nchw.recalibrate_batchnorm(255 * x, verbose=False)

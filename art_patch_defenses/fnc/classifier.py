@@ -15,15 +15,16 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 from art_patch_defenses.fnc.clipping import (
+    _recalibrate,
     cascaded_modules,
     chosen_modules,
     clipped_modules,
     fnc_layers,
     insert_fnc,
-    recalibrate_batchnorm,
     set_alpha,
 )
 from art_patch_defenses.models.registry import classifier_params
+from art_patch_defenses.validation import check_images
 
 #: The paper's clipping parameter on CIFAR-10, the default for new FNC layers.
 DEFAULT_ALPHA = 1.2
@@ -144,14 +145,22 @@ class PyTorchFNCClassifier(PyTorchClassifier):
         self, x: np.ndarray, batch_size: int = 256, augment: bool = True, verbose: bool = True
     ) -> None:
         """Re-estimate the BatchNorm statistics on training images ``x`` (one pass, with the training
-        augmentation unless ``augment=False``), as the paper does after inserting FNC. ``x`` is in [0, 1]; the
-        estimator's own normalisation is applied."""
+        augmentation unless ``augment=False``), as the paper does after inserting FNC.
+
+        :param x: images in the estimator's own layout (NCHW, or NHWC if ``channels_first=False``) and value range;
+            the estimator's own normalisation is applied, and the model gets the layout ``predict`` gives it.
+        :raises ValueError: for images of the wrong layout or shape, or outside ``clip_values``.
+        """
+        clip_values = None
+        if self.clip_values is not None:
+            # Per-feature clip values reduce to the widest range: this is a sanity check, not a projection.
+            clip_values = (float(np.min(self.clip_values[0])), float(np.max(self.clip_values[1])))
+        check_images(x, "x", input_shape=self.input_shape, channels_first=self.channels_first, clip_values=clip_values)
         mean = std = None
         if self.preprocessing is not None and hasattr(self.preprocessing, "mean"):
-            mean = np.asarray(self.preprocessing.mean, dtype=np.float32).reshape(-1)
-            std = np.asarray(self.preprocessing.std, dtype=np.float32).reshape(-1)
-            mean, std = tuple(mean.tolist()), tuple(std.tolist())
-        recalibrate_batchnorm(self.model, x, mean, std, batch_size=batch_size, augment=augment, verbose=verbose)
+            mean = tuple(np.asarray(self.preprocessing.mean, dtype=np.float32).reshape(-1).tolist())
+            std = tuple(np.asarray(self.preprocessing.std, dtype=np.float32).reshape(-1).tolist())
+        _recalibrate(self.model, x, mean, std, batch_size, augment, 0, verbose, self.channels_first)
 
 
 def _check_placement(model: nn.Module, n_fnc: int | None, insertion_points: Sequence[str] | None, name: str) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from art_patch_defenses.models.training import normalise, random_crop_flip
+from art_patch_defenses.validation import check_images
 
 #: Zero-norm guard: positions whose feature vector is (numerically) zero are left as they are.
 NORM_EPS = 1e-12
@@ -190,7 +191,6 @@ def set_alpha(model: nn.Module, alpha: float) -> None:
         layer.alpha = FeatureNormClipping(alpha).alpha
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(
     model: nn.Module,
     x: np.ndarray,
@@ -200,21 +200,47 @@ def recalibrate_batchnorm(
     augment: bool = True,
     seed: int = 0,
     verbose: bool = True,
+    channels_first: bool = True,
 ) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics with one pass over ``x`` (the paper's step after
     inserting FNC). Statistics are the exact average over the pass (``momentum=None``). Returns ``model`` in
     eval mode; its weights are not changed.
 
-    :param x: training images in [0, 1], NCHW.
-    :param mean: normalisation the model expects (as the estimator's ``preprocessing``), if any.
+    :param x: training images in [0, 1], in the layout ``model`` takes: NCHW, or NHWC with
+        ``channels_first=False``.
+    :param mean: normalisation the model expects (as the estimator's ``preprocessing``), if any, per channel.
     :param augment: pass the images through the training augmentation (random crop with 4-pixel padding, flip)
-        the CIFAR models were trained with. Statistics of un-augmented images do not match the ones the weights
-        were trained against: on the fine-tuned ResNet-56 without FNC, re-estimating on plain training images
-        costs 3.4 points of held-out test accuracy, on augmented ones 0.6
-        (``benchmarks/results/fnc_alpha_sweep.json``, alpha = inf).
+        the CIFAR models were trained with: statistics of un-augmented images do not match the ones the weights
+        were trained against, and re-estimating on them costs held-out accuracy (measured in ``docs/fnc.md``).
+    :param channels_first: the layout of ``x`` and of the model's input.
+    :raises ValueError: if ``x`` is not a non-empty batch of images in [0, 1] in that layout (one whose channel
+        axis does not match the model's first convolution is reported as the other layout).
     """
-    if len(x) == 0:
-        raise ValueError("x is empty: BatchNorm statistics need data")
+    check_images(x, "x", channels_first=channels_first)
+    _check_layout_against_stem(model, x, channels_first)
+    return _recalibrate(model, x, mean, std, batch_size, augment, seed, verbose, channels_first)
+
+
+def _check_layout_against_stem(model: nn.Module, x: np.ndarray, channels_first: bool) -> None:
+    """Name the layout when ``x``'s channel axis disagrees with the first convolution and the other axis fits."""
+    stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if stem is None:
+        return
+    axis, other = (1, 3) if channels_first else (3, 1)
+    if x.shape[axis] != stem.in_channels and x.shape[other] == stem.in_channels:
+        looks, expected = ("NHWC", "NCHW") if channels_first else ("NCHW", "NHWC")
+        raise ValueError(
+            f"x has shape {x.shape}, which looks {looks}; the model's first convolution takes {stem.in_channels} "
+            f"channels and channels_first={channels_first} means {expected}: transpose x or set channels_first"
+        )
+
+
+@torch.no_grad()
+def _recalibrate(
+    model: nn.Module, x: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None, batch_size: int,
+    augment: bool, seed: int, verbose: bool, channels_first: bool,
+) -> nn.Module:
+    """:func:`recalibrate_batchnorm` on checked inputs."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -225,12 +251,17 @@ def recalibrate_batchnorm(
     generator = torch.Generator().manual_seed(seed)
     try:
         for start in tqdm(range(0, len(x), batch_size), desc="BatchNorm re-estimation", disable=not verbose):
-            batch = torch.from_numpy(x[start : start + batch_size])
+            batch = torch.from_numpy(np.asarray(x[start : start + batch_size], dtype=np.float32))
+            # Augmentation and normalisation work on NCHW; the model gets its own layout back.
+            if not channels_first:
+                batch = batch.permute(0, 3, 1, 2)
             if augment:
                 batch = random_crop_flip(batch, generator=generator)
             batch = batch.to(device)
             if mean is not None and std is not None:
                 batch = normalise(batch, tuple(mean), tuple(std))
+            if not channels_first:
+                batch = batch.permute(0, 2, 3, 1).contiguous()
             model(batch)
     finally:
         for m, momentum in zip(norms, saved, strict=True):
