@@ -140,6 +140,32 @@ def test_estimate_forward_is_the_soft_surrogate():
     torch.testing.assert_close(soft[0, 0, 20, 20], x[0, 0, 20, 20] * (1 - p) + FILL[0] * p)
 
 
+@pytest.mark.parametrize("bpda", [False, True], ids=["downstream_only", "bpda"])
+def test_estimate_forward_follows_bpda(bpda):
+    detector = RegionDetector((3, 9, 3, 9), logit=0.5)  # small logits: the sigmoid has a real gradient
+    patchzero = PatchZero(detector, FILL, dilation=0, bpda=bpda)
+    x = torch.from_numpy(images(2)).requires_grad_(True)
+    upstream = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    (patchzero.estimate_forward(x) * upstream).sum().backward()
+    fill = torch.tensor(FILL).view(1, 3, 1, 1)
+    if bpda:
+        # The sigmoid surrogate, differentiated by hand: d/dx [x (1 - p) + fill p] with p = sigmoid(logits(x)).
+        x_ref = x.detach().clone().requires_grad_(True)
+        p = torch.sigmoid(detector(x_ref)[0])
+        gain_grad = detector.gain.grad.clone()
+        detector.gain.grad = None
+        ((x_ref * (1 - p) + fill * p) * upstream).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad)
+        torch.testing.assert_close(gain_grad, detector.gain.grad)
+        assert gain_grad.abs() > 0
+    else:
+        # The mask is a constant: the gradient is (1 - M) times the upstream one and never reaches the detector.
+        hard = torch.from_numpy(patchzero.masks(x.detach().numpy())[:, None]).float()
+        torch.testing.assert_close(x.grad, upstream * (1 - hard))
+        assert detector.gain.grad is None
+        torch.testing.assert_close(patchzero.estimate_forward(x), patchzero.forward(x)[0])
+
+
 def test_checkpoint_round_trip_and_training_loss(tmp_path):
     torch.manual_seed(0)
     detector = build_detector()

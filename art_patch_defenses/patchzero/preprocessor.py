@@ -151,10 +151,20 @@ class PatchZero(PreprocessorPyTorch):
         return self._back(self._repaint(x_nchw, mask)), y
 
     def estimate_forward(self, x: torch.Tensor, y: Any = None) -> torch.Tensor:
-        """The differentiable surrogate: repaint with the soft (probability) mask."""
+        """The differentiable estimate for ART's code paths that do not differentiate ``forward``.
+
+        With ``bpda`` the sigmoid surrogate: repaint with the soft (probability) mask, whose gradient reaches the
+        detector. Without it the hard result with the mask a constant for autograd, as in ``forward``: the
+        attacker then sees only the downstream model.
+        """
         x_nchw = self._nchw(x)
-        soft, _ = self._soft_and_hard_masks(x_nchw)
-        return self._back(self._repaint(x_nchw, soft))
+        if self.bpda:
+            soft, _ = self._soft_and_hard_masks(x_nchw)
+            return self._back(self._repaint(x_nchw, soft))
+        # No graph through the detector: nothing may differentiate it, and it saves the memory.
+        with torch.no_grad():
+            _, hard = self._soft_and_hard_masks(x_nchw)
+        return self._back(self._repaint(x_nchw, hard))
 
     def masks(self, x: np.ndarray, batch_size: int = 256, dilated: bool = True) -> np.ndarray:
         """The binary masks ``(N, H, W)`` PatchZero applies to ``x`` (True = detected patch pixel).
