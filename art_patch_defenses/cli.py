@@ -36,15 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--eps-step", type=float, default=0.1, help="L-inf PGD step (MRS: radius / 4, L2)")
     verify.add_argument("--output-dir", default=None, help="where to write verify.json (default outputs/...)")
     verify.add_argument("--quiet", action="store_true", help="no progress bars")
-    finetune = commands.add_parser("finetune", help="fine-tune a pretrained CIFAR ResNet on JPEG CIFAR-10")
-    finetune.add_argument("args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    # The fine-tuning parser owns its options, --help included: whatever follows "finetune" goes to it as is
+    # (argparse.REMAINDER would refuse a first argument that starts with "-").
+    commands.add_parser("finetune", add_help=False, help="fine-tune a pretrained CIFAR ResNet on JPEG CIFAR-10 "
+                        "(art-patch-defenses finetune --help for its options)")
+    args, rest = parser.parse_known_args(argv)
 
     if args.command == "finetune":
         from art_patch_defenses.models.finetune import main as finetune_main
 
-        finetune_main(args.args)
+        finetune_main(rest, prog=f"{parser.prog} finetune")
         return 0
+    if rest:  # what parse_args does for the other sub-commands
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.command == "verify":
         return _verify(args)

@@ -24,19 +24,21 @@ from art_patch_defenses.paths import checkpoints_dir
 
 def finetune_cifar_resnet(
     depth: int, epochs: int, lr: float, batch_size: int, out: Path, data_root: str | None = None, seed: int = 0,
-    init: str = "pretrained",
+    init: str = "pretrained", command: str | None = None,
 ) -> dict:
     """Fine-tune ``cifar_resnet<depth>`` from ``init`` (a weights tag or path) and save it to ``out``.
 
     Continuing from an earlier fine-tuned file (``init="finetuned"``) keeps that run's record under
-    ``history`` in ``checkpoints.json`` and its log as ``<name>.part<k>.log``.
+    ``history`` in ``checkpoints.json`` and its log as ``<name>.part<k>.log``. ``command``: the command line
+    recorded with the checkpoint (default: this module's, with ``sys.argv``).
     """
     name = f"cifar_resnet{depth}"
     log_path = out.with_suffix(".log")
     previous_log = keep_previous_log(log_path) if init != "pretrained" else None
     log = file_logger(log_path)
 
-    command = "python -m art_patch_defenses.models.finetune " + " ".join(sys.argv[1:])
+    if command is None:
+        command = " ".join(["python -m art_patch_defenses.models.finetune", *sys.argv[1:]])
     log(f"command: {command}")
     torch.manual_seed(seed)
     train = load_dataset("cifar10", "train", root=data_root)
@@ -67,8 +69,14 @@ def finetune_cifar_resnet(
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Parse the fine-tuning options (``argv``, default ``sys.argv[1:]``) and run it.
+
+    :param prog: the command name shown in help and errors and recorded with the checkpoint (default
+        ``python -m art_patch_defenses.models.finetune``; the ``art-patch-defenses finetune`` command passes its own).
+    """
+    prog = prog or "python -m art_patch_defenses.models.finetune"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, choices=(20, 56), required=True)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=0.02)
@@ -79,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", default="pretrained", help="weights to start from: a tag or a path")
     args = parser.parse_args(argv)
     out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_finetuned.pt"
+    command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
     finetune_cifar_resnet(
-        args.depth, args.epochs, args.lr, args.batch_size, out, args.data_root, args.seed, args.init
+        args.depth, args.epochs, args.lr, args.batch_size, out, args.data_root, args.seed, args.init, command=command
     )
 
 
