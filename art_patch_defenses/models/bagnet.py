@@ -4,11 +4,13 @@ Brendel & Bethge, "Approximating CNNs with Bag-of-local-Features models works su
 ICLR 2019 (https://arxiv.org/abs/1904.00760): unpadded convolutions keep each output's receptive field small,
 and the classifier runs at every location (1x1 convolutions), so one patch corrupts only a window of local
 logits. Each network reports its receptive field and stride, computed from its layers by
-:func:`art_patch_defenses.geometry.receptive_field`.
+:func:`art_patch_defenses.geometry.receptive_field`. Also the column-band network of de-randomized smoothing and
+Mask-DS built on it (:func:`mask_ds`), which robust masking and ART's de-randomized-smoothing baseline share.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -93,3 +95,28 @@ class ColumnBandNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.base(self.ablate(x))  # (N * W, C)
         return logits.view(len(x), 1, self.keep.shape[0], -1)
+
+
+def ds_base_from(resnet: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """A copy of ``resnet`` (a CIFAR ResNet trained on ``(x - mean) / std``) whose stem takes the ``(x, 1 - x)``
+    encoding of :class:`ColumnBandNet`: the ``x`` half keeps the ResNet's weights, rescaled so that it needs no
+    normalisation, and the ``1 - x`` half starts at zero."""
+    base = copy.deepcopy(resnet)
+    old = base.conv1
+    channels = old.in_channels
+    new = nn.Conv2d(2 * channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=True)
+    std_t = torch.tensor(tuple(std), dtype=old.weight.dtype).view(1, channels, 1, 1)
+    mean_t = torch.tensor(tuple(mean), dtype=old.weight.dtype).view(1, channels, 1, 1)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :channels] = old.weight / std_t  # conv((x - mean) / std) = conv'(x) + bias
+        new.bias.copy_(-(old.weight * mean_t / std_t).sum(dim=(1, 2, 3)))
+    base.conv1 = new
+    return base
+
+
+def mask_ds(resnet: nn.Module, mean: Sequence[float], std: Sequence[float], band_width: int = 4,
+            image_hw: tuple[int, int] = (32, 32)) -> ColumnBandNet:
+    """Mask-DS (PatchGuard's de-randomized-smoothing backbone): :class:`ColumnBandNet` bands of ``band_width``
+    columns around :func:`ds_base_from` ``(resnet, mean, std)``. Takes raw [0, 1] pixels."""
+    return ColumnBandNet(ds_base_from(resnet, mean, std), band_width, image_hw)
