@@ -64,3 +64,10 @@ def test_the_command_parses_and_records_what_was_typed(monkeypatch):
     depth, epochs, _, _, out, _, seed, init = args
     assert (depth, epochs, seed, init) == (20, 0, 3, "pretrained") and out.name == "cifar10_resnet20_finetuned.pt"
     assert kwargs["command"] == "art-patch-defenses finetune --depth 20 --epochs 0 --seed 3"
+
+
+def test_the_module_docstring_carries_no_measured_accuracy():
+    import re
+
+    assert not re.search(r"\d+(\.\d+)?\s*%|\bpoints\b", finetune.__doc__)
+    assert "checkpoints/checkpoints.json" in finetune.__doc__  # where the measured accuracies are

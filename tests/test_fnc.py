@@ -290,3 +290,19 @@ def test_batchnorm_recalibration_takes_the_estimators_own_layout():
         recalibrate_batchnorm(insert_fnc(network), x_nhwc, verbose=False)
     with pytest.raises(ValueError, match="outside clip_values"):
         nchw.recalibrate_batchnorm(255 * x, verbose=False)
+
+
+def test_docstrings_keep_measured_figures_in_the_docs():
+    import ast
+    import re
+    from pathlib import Path
+
+    import art_patch_defenses.fnc as package
+
+    figure = re.compile(r"\d+(\.\d+)?\s*(%|points?\b)|benchmarks/results|several times")
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node):
+                doc = ast.get_docstring(node)
+                assert not figure.search(doc), f"{path.name}:{getattr(node, 'name', '')}: {figure.search(doc)[0]!r}"
+    assert "docs/fnc.md" in recalibrate_batchnorm.__doc__

@@ -183,3 +183,21 @@ def test_checkpoint_round_trip_and_training_loss(tmp_path):
     with pytest.raises(ValueError, match="stores no fill_value"):
         save_checkpoint(detector, tmp_path / "bare.pt")
         PatchZero.from_checkpoint(tmp_path / "bare.pt")
+
+
+def test_training_logs_through_logging_not_print(caplog):
+    import ast
+    import inspect
+    import logging
+    from pathlib import Path
+
+    import art_patch_defenses.patchzero as package
+    from art_patch_defenses.patchzero import train_patchzero
+
+    default_log = inspect.signature(train_patchzero).parameters["log"].default
+    with caplog.at_level(logging.INFO, logger="art_patch_defenses.patchzero"):
+        default_log("stage 1 epoch 1/1 loss 0.1")
+    assert [r.name for r in caplog.records] == ["art_patch_defenses.patchzero.training"]
+    for path in Path(package.__file__).parent.glob("*.py"):
+        names = {node.id for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Name)}
+        assert "print" not in names, f"{path.name} uses print; library code logs through logging"

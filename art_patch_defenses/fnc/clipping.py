@@ -50,7 +50,7 @@ def clipping_scale(features: torch.Tensor, alpha: float) -> torch.Tensor:
     """The factor ``min(1, alpha * mean_hw ||f|| / ||f_ij||)`` of eq. 12, shape ``(N, 1, H, W)``.
 
     The channel norm is ``sqrt(sum f^2)`` rather than ``torch.linalg.vector_norm(dim=1)``, whose strided
-    reduction over channels is several times slower on CPU. Zero vectors get the factor 1 (they stay zero).
+    reduction over channels is slower on CPU. Zero vectors get the factor 1 (they stay zero).
     """
     # Clamping before the square root keeps the gradient finite at zero vectors.
     norms = torch.square(features).sum(dim=1, keepdim=True).clamp_min(NORM_EPS**2).sqrt()

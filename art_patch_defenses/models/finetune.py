@@ -1,8 +1,9 @@
 """Fine-tune the pretrained CIFAR ResNets on the JPEG-encoded training set.
 
-The shared CIFAR-10 copy was re-encoded as JPEG, which costs the pretrained models about ten points of
-accuracy (ResNet-20 81.0%, ResNet-56 83.1% on ``test/``). A few epochs on ``train/`` (same encoding) recover
-it. Run: ``python -m art_patch_defenses.models.finetune --depth 56 --epochs 6``.
+The shared CIFAR-10 copy was re-encoded as JPEG, which costs the pretrained models accuracy on ``test/`` (the
+figures before and after are recorded with each checkpoint in ``checkpoints/checkpoints.json``); a few epochs on
+``train/`` (same encoding) recover it. Run: ``art-patch-defenses finetune --depth 56`` or
+``python -m art_patch_defenses.models.finetune --depth 56``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ steps and ``resume=True`` continues from it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ from art_patch_defenses.geometry import expand_masks, patch_masks, random_locati
 from art_patch_defenses.models.checkpoints import sha256_of
 from art_patch_defenses.patchzero.detector import build_detector, detector_loss
 from art_patch_defenses.patchzero.preprocessor import PatchZero, _locate_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,7 +121,7 @@ def train_patchzero(
     detector_settings: dict | None = None,
     resume: bool = False,
     verbose: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ):
     """Train a PatchZero detector for ``classifier`` (an undefended ART classifier, NCHW in [0, 1]).
 
