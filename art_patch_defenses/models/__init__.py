@@ -1,20 +1,25 @@
-"""Models: CIFAR ResNets (He et al.), a small MNIST CNN, safe checkpoint loading and a name registry."""
+"""Models: CIFAR ResNets (He et al.), a small MNIST CNN, local-logit networks, safe checkpoint loading and a
+name registry that the defences add their own models and weights tags to."""
 
 from art_patch_defenses.models.checkpoints import load_weights, read_state_dict, save_checkpoint, sha256_of
 from art_patch_defenses.models.cifar_resnet import CifarResNet, cifar_resnet
 from art_patch_defenses.models.mnist_cnn import MnistCNN
 from art_patch_defenses.models.registry import (
     MODEL_REGISTRY,
+    ModelSpec,
     build_model,
     get_art_model,
     get_spec,
     make_classifier,
+    register_model,
+    register_weights,
 )
 
 __all__ = [
     "MODEL_REGISTRY",
     "CifarResNet",
     "MnistCNN",
+    "ModelSpec",
     "build_model",
     "cifar_resnet",
     "get_art_model",
@@ -22,6 +27,8 @@ __all__ = [
     "load_weights",
     "make_classifier",
     "read_state_dict",
+    "register_model",
+    "register_weights",
     "save_checkpoint",
     "sha256_of",
 ]

@@ -1,44 +1,113 @@
-"""A registry of the project's models, so that a config can name one, and the ART classifier factory.
+"""A registry of models by name, so that a config can name one, and the ART classifier factory.
 
-Weights are named by a short tag or given as a path. Tags: ``"pretrained"`` (the shared He et al. weights),
-``"finetuned"`` (this project's JPEG fine-tuned checkpoints), ``"mrs"`` (fine-tuned with noise in random squares,
-for MRS), ``"scalecert"`` (fine-tuned with the SIN mask and occluding windows, for ScaleCert), ``"patchcleanser"``
-(fine-tuned with PatchCleanser's masks), ``"trained"``
-(this project's robust-masking backbones), ``"embedded"`` (trained on the embedded MNIST
-digits on first use and cached), ``"none"`` (untrained).
+A :class:`ModelSpec` says how to build a network, its input shape, its normalisation and where its weights are,
+by tag; weights are given as a tag or as a file path, and ``"none"`` means untrained. ``models/`` registers the
+networks that several rooms use:
+
+- ``cifar_resnet<depth>``: ``"pretrained"`` (the shared He et al. weights) and ``"finetuned"`` (this project's JPEG
+  fine-tuned checkpoints), for depths 20 and 56;
+- ``mnist_cnn``: ``"embedded"`` (trained on the embedded MNIST digits, committed in ``checkpoints/``);
+- ``cifar_mask_ds``: ``"trained"`` (the Mask-DS column-band model: robust masking's backbone and the base of
+  ART's de-randomized-smoothing baseline).
+
+A defence registers its own models and tags from its package with :func:`register_model` and
+:func:`register_weights` (e.g. ``"scalecert"`` when ``art_patch_defenses.scalecert`` is imported): this module
+imports no defence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from art_patch_defenses.models.checkpoints import load_weights, save_checkpoint
+from art_patch_defenses.models.bagnet import ColumnBandNet, mask_ds
+from art_patch_defenses.models.checkpoints import load_weights
 from art_patch_defenses.models.cifar_resnet import RESNET_DEPTHS, cifar_resnet
 from art_patch_defenses.models.mnist_cnn import MnistCNN
-from art_patch_defenses.paths import cache_dir, checkpoints_dir, shared_dir
+from art_patch_defenses.paths import checkpoints_dir, shared_dir
+
+if TYPE_CHECKING:  # ART is imported only when a classifier is built
+    from art.estimators.classification import PyTorchClassifier
 
 CIFAR10_MEAN = (0.485, 0.456, 0.406)
 CIFAR10_STD = (0.229, 0.224, 0.225)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+#: The weights value that means "untrained"; never a registered tag.
+NO_WEIGHTS = "none"
+#: How the errors for an unknown tag or model tell the user where the missing one would come from.
+_TAG_HINT = ("a defence's weights tags are registered when its package is imported "
+             "(e.g. `import art_patch_defenses.scalecert` registers the 'scalecert' tags)")
+_MODEL_HINT = ("a defence's own models are registered when its package is imported "
+               "(e.g. `import art_patch_defenses.robust_masking` registers 'mnist_bagnet')")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the project knows of a model: how to build it, its input, its normalisation and its weights."""
+    """What the project knows of a model: how to build it, its input, its normalisation and its weights.
+
+    ``weights`` maps a tag to a function returning the file (called only when the tag is used, so a path can
+    follow ``ART_PATCH_DEFENSES_CHECKPOINTS``).
+    """
 
     factory: Callable[[], nn.Module]
     input_shape: tuple[int, int, int]
     nb_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    weights: dict[str, Callable[[], Path]]
+    weights: Mapping[str, Callable[[], Path]] = field(default_factory=dict)
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def _check_tag(tag: str) -> None:
+    if not isinstance(tag, str) or not tag or tag == NO_WEIGHTS:
+        raise ValueError(f"a weights tag must be a non-empty string other than {NO_WEIGHTS!r}, got {tag!r}")
+
+
+def register_model(name: str, spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
+    """Register ``spec`` under ``name``; a name already taken is refused unless ``replace`` is True, so two
+    packages cannot silently claim the same name.
+
+    :return: the registered spec (it holds its own copy of ``spec.weights``, which :func:`register_weights` extends).
+    """
+    if name in MODEL_REGISTRY and not replace:
+        raise ValueError(f"model {name!r} is already registered; pass replace=True to replace it")
+    for tag in spec.weights:
+        _check_tag(tag)
+    MODEL_REGISTRY[name] = dataclasses.replace(spec, weights=dict(spec.weights))  # a private copy of the tags
+    return MODEL_REGISTRY[name]
+
+
+def register_weights(model_name: str, tag: str, path_fn: Callable[[], Path], *, replace: bool = False) -> None:
+    """Register weights ``tag`` of the registered model ``model_name``: ``path_fn()`` returns the file.
+
+    A tag the model already has is refused unless ``replace`` is True, so two packages cannot silently claim
+    the same tag.
+    """
+    _check_tag(tag)
+    spec = get_spec(model_name)
+    if tag in spec.weights and spec.weights[tag] is not path_fn and not replace:
+        raise ValueError(f"model {model_name!r} already has weights tag {tag!r}; pass replace=True to replace it")
+    MODEL_REGISTRY[model_name] = dataclasses.replace(spec, weights={**spec.weights, tag: path_fn})
+
+
+def embedded_checkpoint(name: str) -> Path:
+    """The committed checkpoint of a model trained on the embedded MNIST digits:
+    ``checkpoints/mnist_embedded_<name>.pt`` (made by a ``train_embedded`` command, see ``checkpoints/README.md``)."""
+    return checkpoints_dir() / f"mnist_embedded_{name}.pt"
+
+
+def cifar_mask_ds(depth: int = 20, band_width: int = 4) -> ColumnBandNet:
+    """An untrained CIFAR-10 Mask-DS: bands of ``band_width`` columns around a CIFAR ResNet-``depth`` base."""
+    return mask_ds(cifar_resnet(depth), CIFAR10_MEAN, CIFAR10_STD, band_width)
 
 
 def _pretrained_resnet(depth: int) -> Callable[[], Path]:
@@ -50,147 +119,49 @@ def _finetuned_resnet(depth: int) -> Callable[[], Path]:
     return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_finetuned.pt"
 
 
-def _mrs_resnet(depth: int) -> Callable[[], Path]:
-    return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_mrs.pt"
-
-
-def _scalecert_resnet(depth: int) -> Callable[[], Path]:
-    return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_scalecert.pt"
-
-
-def _patchcleanser_resnet(depth: int) -> Callable[[], Path]:
-    return lambda: checkpoints_dir() / f"cifar10_resnet{depth}_patchcleanser.pt"
-
-
 def _resnet_spec(depth: int) -> ModelSpec:
     weights = {}
     if depth in (20, 56):
-        weights = {"pretrained": _pretrained_resnet(depth), "finetuned": _finetuned_resnet(depth),
-                   "mrs": _mrs_resnet(depth), "scalecert": _scalecert_resnet(depth),
-                   "patchcleanser": _patchcleanser_resnet(depth)}
-    return ModelSpec(
-        factory=lambda: cifar_resnet(depth), input_shape=(3, 32, 32), nb_classes=10,
-        mean=CIFAR10_MEAN, std=CIFAR10_STD, weights=weights,
-    )
+        weights = {"pretrained": _pretrained_resnet(depth), "finetuned": _finetuned_resnet(depth)}
+    return ModelSpec(factory=lambda: cifar_resnet(depth), input_shape=(3, 32, 32), nb_classes=10,
+                     mean=CIFAR10_MEAN, std=CIFAR10_STD, weights=weights)
 
 
-MODEL_REGISTRY: dict[str, ModelSpec] = {f"cifar_resnet{d}": _resnet_spec(d) for d in RESNET_DEPTHS}
-MNIST_CNN_EPOCHS = 5
-
-
-def _embedded_mnist_cnn() -> Path:
-    """Train the MNIST CNN on the embedded 4,000 training digits on first use and cache it (seconds on a CPU)."""
-    path = cache_dir() / f"mnist_cnn_embedded_e{MNIST_CNN_EPOCHS}.pt"
-    if not path.is_file():
-        from art_patch_defenses.data import load_dataset
-        from art_patch_defenses.models.training import train_classifier
-
-        torch.manual_seed(0)
-        train = load_dataset("mnist_embedded", "train")
-        model = train_classifier(
-            MnistCNN(), train.x, train.y, MNIST_MEAN, MNIST_STD, epochs=MNIST_CNN_EPOCHS, lr=0.05,
-            batch_size=64, flip=False, verbose=False,
-        )
-        save_checkpoint(model, path, arch="mnist_cnn", epochs=MNIST_CNN_EPOCHS)
-    return path
-
-
-SCALECERT_MNIST_EPOCHS = 3
-
-
-def _embedded_mnist_scalecert() -> Path:
-    """The embedded MNIST CNN fine-tuned for ScaleCert (SIN after ``features.1``, top-k 0.1, occluding windows
-    for 5 and 7 px patches) on first use and cached (seconds on a CPU)."""
-    path = cache_dir() / f"mnist_cnn_embedded_scalecert_e{SCALECERT_MNIST_EPOCHS}.pt"
-    if not path.is_file():
-        from art_patch_defenses.data import load_dataset
-        from art_patch_defenses.scalecert.training import train_scalecert
-
-        model = load_weights(MnistCNN(), _embedded_mnist_cnn())
-        torch.manual_seed(0)
-        train = load_dataset("mnist_embedded", "train")
-        train_scalecert(model, "features.1", train.x, train.y, MNIST_MEAN, MNIST_STD, top_k_choices=(0.1,),
-                        patch_sizes=(5, 7), epochs=SCALECERT_MNIST_EPOCHS, lr=0.02, batch_size=64, verbose=False)
-        save_checkpoint(model, path, arch="mnist_cnn", epochs=SCALECERT_MNIST_EPOCHS, superficial_layer="features.1",
-                        top_k=0.1)
-    return path
-
-
-PATCHCLEANSER_MNIST_EPOCHS = 3
-
-
-def _embedded_mnist_patchcleanser() -> Path:
-    """The embedded MNIST CNN fine-tuned for PatchCleanser (one or two masks of the 5x5 / 7x7 mask sets, k = 6)
-    on first use and cached (seconds on a CPU)."""
-    path = cache_dir() / f"mnist_cnn_embedded_patchcleanser_e{PATCHCLEANSER_MNIST_EPOCHS}.pt"
-    if not path.is_file():
-        from art_patch_defenses.data import load_dataset
-        from art_patch_defenses.patchcleanser.training import train_patchcleanser
-
-        model = load_weights(MnistCNN(), _embedded_mnist_cnn())
-        torch.manual_seed(0)
-        train = load_dataset("mnist_embedded", "train")
-        train_patchcleanser(model, train.x, train.y, MNIST_MEAN, MNIST_STD, patch_sizes=(5, 7),
-                            epochs=PATCHCLEANSER_MNIST_EPOCHS, lr=0.02, batch_size=64, flip=False, verbose=False)
-        save_checkpoint(model, path, arch="mnist_cnn", epochs=PATCHCLEANSER_MNIST_EPOCHS, patch_sizes=[5, 7])
-    return path
-
-
-MODEL_REGISTRY["mnist_cnn"] = ModelSpec(
+for _depth in RESNET_DEPTHS:
+    register_model(f"cifar_resnet{_depth}", _resnet_spec(_depth))
+register_model("mnist_cnn", ModelSpec(
     factory=MnistCNN, input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN, std=MNIST_STD,
-    weights={"embedded": _embedded_mnist_cnn, "scalecert": _embedded_mnist_scalecert,
-             "patchcleanser": _embedded_mnist_patchcleanser},
-)
-
-
-def _robust_masking_backbone(kind: str) -> Callable[[], nn.Module]:
-    def factory() -> nn.Module:
-        from art_patch_defenses.robust_masking.backbones import build_backbone
-
-        return build_backbone(kind)
-
-    return factory
-
-
-def _embedded_mnist_bagnet() -> Path:
-    from art_patch_defenses.robust_masking.backbones import embedded_mnist_bagnet
-
-    return embedded_mnist_bagnet()
-
-
-#: Robust-masking backbones (local logits ``(N, X, Y, C)``); wrap them with ``robust_masking.get_art_model``.
-MODEL_REGISTRY["cifar_bagnet"] = ModelSpec(
-    factory=_robust_masking_backbone("bagnet"), input_shape=(3, 32, 32), nb_classes=10, mean=CIFAR10_MEAN,
-    std=CIFAR10_STD, weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_bagnet.pt"},
-)
-#: Mask-DS takes raw [0, 1] pixels: its stem builds the (x, 1 - x) encoding itself.
-MODEL_REGISTRY["cifar_mask_ds"] = ModelSpec(
-    factory=_robust_masking_backbone("ds"), input_shape=(3, 32, 32), nb_classes=10, mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0), weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_ds.pt"},
-)
-MODEL_REGISTRY["mnist_bagnet"] = ModelSpec(
-    factory=_robust_masking_backbone("mnist_bagnet"), input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN,
-    std=MNIST_STD, weights={"embedded": _embedded_mnist_bagnet},
-)
+    weights={"embedded": lambda: embedded_checkpoint("mnist_cnn")},
+))
+#: Mask-DS takes raw [0, 1] pixels: its stem builds the (x, 1 - x) encoding itself. Local logits ``(N, 1, W, C)``.
+register_model("cifar_mask_ds", ModelSpec(
+    factory=cifar_mask_ds, input_shape=(3, 32, 32), nb_classes=10, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+    weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_ds.pt"},
+))
 
 
 def get_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of a registered model name."""
     if name not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_REGISTRY))}")
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_REGISTRY))}; "
+                         f"{_MODEL_HINT}")
     return MODEL_REGISTRY[name]
 
 
 def weights_path(name: str, weights: str | Path) -> Path:
-    """Resolve a weights tag of model ``name`` (or a path) to a file path."""
+    """Resolve a weights tag of model ``name`` (or a path) to a file path.
+
+    :raises ValueError: for a string that is neither a registered tag nor a file name (no suffix), naming the
+        known tags and how a defence's tags get registered.
+    """
     spec = get_spec(name)
     if isinstance(weights, str) and weights in spec.weights:
         return spec.weights[weights]()
     path = Path(weights)
     if not path.suffix:
         raise ValueError(
-            f"weights {weights!r} is neither a file path nor a known tag of {name!r}: "
-            f"{', '.join(['none', *spec.weights])}"
+            f"weights {str(weights)!r} is neither a file path nor a registered tag of model {name!r}; known tags: "
+            f"{', '.join([NO_WEIGHTS, *sorted(spec.weights)])}; {_TAG_HINT}"
         )
     return path
 
@@ -198,9 +169,10 @@ def weights_path(name: str, weights: str | Path) -> Path:
 def build_model(name: str, weights: str | Path | None = None) -> nn.Module:
     """Build registered model ``name`` in eval mode, loading ``weights`` (a tag, a path, or None/"none")."""
     spec = get_spec(name)
+    path = weights_path(name, weights) if weights is not None and weights != NO_WEIGHTS else None
     model = spec.factory()
-    if weights is not None and weights != "none":
-        load_weights(model, weights_path(name, weights))
+    if path is not None:
+        load_weights(model, path)
     return model.eval()
 
 
@@ -208,7 +180,7 @@ def make_classifier(
     model: nn.Module, name: str | None = None, *, input_shape: tuple[int, ...] | None = None,
     nb_classes: int | None = None, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
     device_type: str = "cpu", lr: float = 0.01, estimator_class: type | None = None, **estimator_kwargs: Any,
-):
+) -> PyTorchClassifier:
     """Wrap ``model`` in an ART ``PyTorchClassifier`` with clip values (0, 1) and the model's normalisation.
 
     Values not given are taken from the registry entry ``name``. The returned classifier takes NCHW float
@@ -247,7 +219,8 @@ def make_classifier(
     )
 
 
-def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weights_path: str | None = None):
+def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
+                  weights_path: str | None = None) -> PyTorchClassifier:
     """Armory-style model factory: ``model_kwargs["name"]`` names a registered model.
 
     ``weights_path`` (or ``model_kwargs["weights"]``) is a tag or a file; ``wrapper_kwargs`` go to
@@ -257,7 +230,7 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weight
 
 
 def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weights_path: str | None = None,
-                          estimator_class: type | None = None, settings: tuple[str, ...] = ()):
+                          estimator_class: type | None = None, settings: tuple[str, ...] = ()) -> PyTorchClassifier:
     """What every Armory-style factory does: build ``model_kwargs["name"]`` with its weights and wrap it.
 
     ``settings`` are the keys of ``model_kwargs`` passed on to ``estimator_class``; any other key is refused,
@@ -267,7 +240,8 @@ def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None
     name = model_kwargs.pop("name", None)
     if name is None:
         raise ValueError(f"model_kwargs needs 'name', one of {', '.join(sorted(MODEL_REGISTRY))}")
-    weights = weights_path or model_kwargs.pop("weights", None)
+    weights = model_kwargs.pop("weights", None)  # popped even when weights_path overrides it
+    weights = weights_path or weights
     chosen = {key: model_kwargs.pop(key) for key in settings if key in model_kwargs}
     if model_kwargs:
         known = ", ".join(["name", "weights", *settings])
@@ -276,7 +250,7 @@ def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None
                            **(wrapper_kwargs or {}), **chosen)
 
 
-def classifier_params(classifier) -> dict:
+def classifier_params(classifier: PyTorchClassifier) -> dict[str, Any]:
     """A ``PyTorchClassifier``'s constructor arguments (model included), to build another one around a new model
     or with other defences; the mixed-precision settings ART does not accept back are left out."""
     params = classifier.get_params()

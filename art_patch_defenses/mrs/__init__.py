@@ -5,6 +5,7 @@ the region is given or found by joint-voting localisation (section 3.2). Radii a
 (``from_255`` converts the paper's 0-255 figures).
 """
 
+from art_patch_defenses.mrs import registration  # noqa: F401  (registers the weights tags)
 from art_patch_defenses.mrs.classifier import get_art_model
 from art_patch_defenses.mrs.estimator import MRSMixin, PyTorchMRS
 from art_patch_defenses.mrs.localization import Localization, localize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from art_patch_defenses.models.registry import wrap_registered_model
 from art_patch_defenses.mrs.estimator import PyTorchMRS
 from art_patch_defenses.mrs.smoothing import from_255
 
@@ -16,8 +17,6 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     (noise std in the paper's 0-255 units) and the MRS settings ``sample_size``, ``n0``, ``alpha``,
     ``patch_size``, ``stride``, ``tau``, ``margin``; ``wrapper_kwargs`` go to ``make_classifier``.
     """
-    from art_patch_defenses.models.registry import wrap_registered_model
-
     model_kwargs = dict(model_kwargs)
     if "sigma_255" in model_kwargs:
         model_kwargs["sigma"] = from_255(float(model_kwargs.pop("sigma_255")))

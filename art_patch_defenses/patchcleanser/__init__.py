@@ -5,6 +5,7 @@ prediction. Every patch placement lies inside one mask of an R-covering mask set
 label, and an image whose one- and two-mask predictions all agree with its label is certified.
 """
 
+from art_patch_defenses.patchcleanser import registration  # noqa: F401  (registers the weights tags)
 from art_patch_defenses.patchcleanser.classifier import get_art_model
 from art_patch_defenses.patchcleanser.double_masking import certified_from_map, double_masking, double_masking_from_map
 from art_patch_defenses.patchcleanser.estimator import PatchCleanserMixin, PyTorchPatchCleanser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from art_patch_defenses.models.registry import wrap_registered_model
 from art_patch_defenses.patchcleanser.estimator import PyTorchPatchCleanser
 
 _PATCHCLEANSER_KEYS = ("patch_size", "masks_per_axis", "fill_value")
@@ -14,7 +15,5 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     ``model_kwargs``: ``name``, ``weights`` (``"patchcleanser"`` for the mask-fine-tuned models) and the settings
     ``patch_size``, ``masks_per_axis``, ``fill_value``; ``wrapper_kwargs`` go to ``make_classifier``.
     """
-    from art_patch_defenses.models.registry import wrap_registered_model
-
     return wrap_registered_model(model_kwargs, wrapper_kwargs, weights_path, PyTorchPatchCleanser,
                                  _PATCHCLEANSER_KEYS)

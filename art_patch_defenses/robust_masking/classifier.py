@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from art_patch_defenses.models.registry import wrap_registered_model
 from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
 
 #: Registered models that are robust-masking backbones (local logits).
@@ -17,8 +18,6 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     settings ``patch_size`` (pixels), ``threshold``, ``feature_clip``, ``feature_type``; ``wrapper_kwargs`` go to
     :func:`art_patch_defenses.models.make_classifier` (e.g. ``device_type``).
     """
-    from art_patch_defenses.models.registry import wrap_registered_model
-
     model_kwargs = dict(model_kwargs)
     if model_kwargs.get("name") not in BACKBONE_MODELS:
         raise ValueError(f"model_kwargs 'name' must be a robust-masking backbone, one of "

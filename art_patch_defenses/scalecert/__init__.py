@@ -5,6 +5,7 @@ or raises an alert. SIN sparsity confines the pixels that can matter to a candid
 for the merged windows that meet R decide (Algorithms 1 and 2).
 """
 
+from art_patch_defenses.scalecert import registration  # noqa: F401  (registers the weights tags)
 from art_patch_defenses.scalecert.classifier import get_art_model
 from art_patch_defenses.scalecert.detection import certify_from_labels, detect_from_labels
 from art_patch_defenses.scalecert.estimator import Detection, PyTorchScaleCert, ScaleCertMixin

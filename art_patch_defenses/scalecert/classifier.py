@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from art_patch_defenses.models.registry import wrap_registered_model
 from art_patch_defenses.scalecert.estimator import PyTorchScaleCert
 
 _SCALECERT_KEYS = ("superficial_layer", "top_k", "patch_size", "r", "tau")
@@ -15,6 +16,4 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     CNN) and the ScaleCert settings ``superficial_layer``, ``top_k``, ``patch_size``, ``r``, ``tau``;
     ``wrapper_kwargs`` go to ``make_classifier`` (e.g. ``device_type``).
     """
-    from art_patch_defenses.models.registry import wrap_registered_model
-
     return wrap_registered_model(model_kwargs, wrapper_kwargs, weights_path, PyTorchScaleCert, _SCALECERT_KEYS)
