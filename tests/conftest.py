@@ -25,7 +25,7 @@ needs_shared = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def mnist_classifier():
-    """The embedded MNIST CNN (trained once per session into the temp cache) as an ART classifier."""
+    """The embedded MNIST CNN (the committed ``checkpoints/mnist_embedded_mnist_cnn.pt``) as an ART classifier."""
     from art_patch_defenses.models import build_model, make_classifier
 
     return make_classifier(build_model("mnist_cnn", "embedded"), "mnist_cnn")
