@@ -75,13 +75,13 @@ def test_certify_is_reproducible_under_a_seed_and_validates(mnist_classifier, mn
     x = mnist_test.x[:4]
     mask = np.zeros((32, 32), bool)
     mask[10:17, 10:17] = True
-    first = estimator.certify(x, mask, seed=3)
-    second = estimator.certify(x, mask, seed=3)
+    first = estimator.certify(x, mask=mask, seed=3)
+    second = estimator.certify(x, mask=mask, seed=3)
     np.testing.assert_array_equal(first.prediction, second.prediction)
     np.testing.assert_array_equal(first.radius, second.radius)
     assert ((first.radius > 0) == (first.prediction >= 0)).all()
     with pytest.raises(ValueError, match="mask must be"):
-        estimator.certify(x, np.zeros((4, 31, 32), bool))
+        estimator.certify(x, mask=np.zeros((4, 31, 32), bool))
     with pytest.raises(ValueError, match="sigma"):
         estimator.set_params(sigma=-1.0)
     assert estimator.sigma == 0.5
@@ -96,7 +96,7 @@ def test_certificate_soundness_against_masked_l2_pgd_with_eot(mnist_classifier, 
     x = mnist_test.x[:24]
     masks = np.zeros((len(x), 32, 32), bool)
     masks[:, 12:19, 12:19] = True  # a 7x7 region on the digit
-    result = estimator.certify(x, masks, seed=0)
+    result = estimator.certify(x, mask=masks, seed=0)
     certified = np.flatnonzero(result.certified)
     assert len(certified) >= 5
     x_c, labels = x[certified], result.prediction[certified]
@@ -111,7 +111,7 @@ def test_certificate_soundness_against_masked_l2_pgd_with_eot(mnist_classifier, 
                                seed=k)
         change = x_adv - x[i : i + 1]
         assert np.sqrt((change**2).sum()) <= radius + 1e-5 and not change[:, :, ~masks[i]].any()
-        counts = estimator._counts(x_adv[0], masks[i], 2000, 500, torch.Generator().manual_seed(k))
+        counts = estimator.noise_counts(x_adv[0], masks[i], 2000, 500, torch.Generator().manual_seed(k))
         flips += int(counts.argmax() != labels[k])
     assert flips == 0
     # The same attack with four times the certified budget does flip some: it is strong enough to find violations.
@@ -120,6 +120,6 @@ def test_certificate_soundness_against_masked_l2_pgd_with_eot(mnist_classifier, 
         x_adv = masked_pgd_eot(estimator, x[i : i + 1], masks[i : i + 1], labels[k : k + 1], sigma=0.5, norm=2,
                                eps=4 * result.radius[i], eps_step=result.radius[i], max_iter=10, eot_samples=8,
                                restarts=1, seed=k)
-        counts = estimator._counts(x_adv[0], masks[i], 2000, 500, torch.Generator().manual_seed(k))
+        counts = estimator.noise_counts(x_adv[0], masks[i], 2000, 500, torch.Generator().manual_seed(k))
         beyond += int(counts.argmax() != labels[k])
     assert beyond >= 1

@@ -92,7 +92,7 @@ def cleanser():
 def test_prediction_map_is_symmetric_and_agrees_with_the_fast_path(cleanser, mnist_test):
     x = mnist_test.x[::25][:12]
     prediction_map = cleanser.prediction_map(x)
-    masks = cleanser.masks_for()
+    masks = cleanser.masks()
     assert prediction_map.shape == (12, len(masks), len(masks))
     np.testing.assert_array_equal(prediction_map, prediction_map.transpose(0, 2, 1))
     fill = np.float32(0.1307)  # the MNIST normalisation mean: zero in the normalised input

@@ -16,7 +16,7 @@ import numpy as np
 from art.estimators.classification import PyTorchClassifier
 from tqdm.auto import tqdm
 
-from art_patch_defenses.certification import CertificationResult
+from art_patch_defenses.certification import RECOVERY, CertificationResult, CertifierMixin, base_classifier
 from art_patch_defenses.geometry import mask_set
 from art_patch_defenses.patchcleanser.double_masking import (
     certified_from_map,
@@ -24,16 +24,21 @@ from art_patch_defenses.patchcleanser.double_masking import (
     double_masking,
     double_masking_from_map,
 )
-from art_patch_defenses.validation import check_images, check_labels
 
 
-class PatchCleanserMixin:
-    """Double masking and its certificate on top of a classifier's base ``predict``."""
+class PatchCleanserMixin(CertifierMixin):
+    """Double masking and its certificate on top of a classifier's base ``predict``.
 
+    Certified recovery (:data:`~art_patch_defenses.certification.RECOVERY`): no patch of ``patch_size`` pixels
+    anywhere changes the double-masking label of a certified sample.
+    """
+
+    certificate_kind = RECOVERY
+    certify_batch_size = 512
     patch_size: int
     masks_per_axis: int
 
-    def _base_labels(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+    def _base_labels(self, x: np.ndarray, batch_size: int, **kwargs: Any) -> np.ndarray:
         """The base classifier's labels on NCHW images ``x``."""
         raise NotImplementedError
 
@@ -41,69 +46,61 @@ class PatchCleanserMixin:
         """``(C, 1, 1)`` pixel values of masked pixels."""
         raise NotImplementedError
 
-    def masks_for(self, patch_size: int | None = None) -> np.ndarray:
-        """The mask set ``(M, H, W)`` for ``patch_size`` (default: the estimator's)."""
-        patch_size = self.patch_size if patch_size is None else patch_size
-        return mask_set(self._image_hw(), int(patch_size), self.masks_per_axis)
+    def masks(self) -> np.ndarray:
+        """The R-covering mask set ``(M, H, W)`` of the configured patch size."""
+        return mask_set(self._image_hw(), int(self.patch_size), self.masks_per_axis)
 
-    def _labels_under(self, image: np.ndarray, masks: np.ndarray, batch_size: int) -> np.ndarray:
+    def _labels_under(self, image: np.ndarray, masks: np.ndarray, batch_size: int, **kwargs: Any) -> np.ndarray:
         """Base labels of one NCHW ``image`` under each of ``masks`` ``(P, H, W)``."""
         fill = self._fill(image.shape[0])
-        labels = [self._base_labels(np.where(masks[start : start + batch_size, None], fill, image[None]), batch_size)
+        labels = [self._base_labels(np.where(masks[start : start + batch_size, None], fill, image[None]),
+                                    batch_size, **kwargs)
                   for start in range(0, len(masks), batch_size)]
         return np.concatenate(labels)
 
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
-        check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
-                     channels_first=self.channels_first)
-        return (x if self.channels_first else x.transpose(0, 3, 1, 2)).astype(np.float32)
+    def _nchw(self, x: np.ndarray) -> np.ndarray:
+        x = self.check_inputs(x)
+        return x if self.channels_first else x.transpose(0, 3, 1, 2)
 
-    def prediction_map(self, x: np.ndarray, patch_size: int | None = None, batch_size: int = 512,
-                       verbose: bool = False) -> np.ndarray:
+    def prediction_map(self, x: np.ndarray, batch_size: int = 512, verbose: bool = False) -> np.ndarray:
         """``(N, M, M)`` labels with every pair of masks (diagonal: one mask); only the upper triangle is run."""
-        x = self._prepare(x)
-        masks = self.masks_for(patch_size)
+        x = self._nchw(x)
+        masks = self.masks()
         first, second = np.triu_indices(len(masks))
         pairs = masks[first] | masks[second]
         out = np.empty((len(x), len(masks), len(masks)), dtype=np.int64)
-        for n in tqdm(range(len(x)), desc="prediction map", disable=not verbose):
+        for n in tqdm(range(len(x)), desc="prediction map (PatchCleanser)", disable=not verbose):
             labels = self._labels_under(x[n], pairs, batch_size)
             out[n, first, second] = labels
             out[n, second, first] = labels
         return out
 
-    def robust_labels(self, x: np.ndarray, patch_size: int | None = None, batch_size: int = 512) -> np.ndarray:
-        """Double masking (Algorithm 1): one-mask predictions first, two-mask rows only for disagreeing masks."""
-        x = self._prepare(x)
-        masks = self.masks_for(patch_size)
-        one_mask = np.stack([self._labels_under(image, masks, batch_size) for image in x])
-        rows = {(n, i): self._labels_under(x[n], masks[i] | masks, batch_size) for n, i in disagreeing_masks(one_mask)}
+    def robust_labels(self, x: np.ndarray, batch_size: int = 512, verbose: bool = False,
+                      **kwargs: Any) -> np.ndarray:
+        """Double masking (Algorithm 1): one-mask predictions first, two-mask rows only for disagreeing masks.
+        ``kwargs`` (e.g. ``training_mode``) go to the base classifier's ``predict``."""
+        x = self._nchw(x)
+        masks = self.masks()
+        one_mask = np.stack([self._labels_under(image, masks, batch_size, **kwargs)
+                             for image in tqdm(x, desc="double masking", disable=not verbose)])
+        rows = {(n, i): self._labels_under(x[n], masks[i] | masks, batch_size, **kwargs)
+                for n, i in disagreeing_masks(one_mask)}
         return double_masking(one_mask, rows)
 
-    def certify(self, x: np.ndarray, y: np.ndarray | None = None, patch_size: int | None = None,
-                batch_size: int = 512, verbose: bool = False) -> CertificationResult:
-        """Theorem 1: certified iff every one- and two-mask prediction is ``y`` (default: the robust prediction);
-        then no patch of ``patch_size`` pixels anywhere changes the double-masking output.
-
-        :return: :class:`CertificationResult` with the double-masking ``prediction`` and ``certified``.
-        """
-        if y is not None:
-            y = check_labels(y, len(x), self.nb_classes)
-        prediction_map = self.prediction_map(x, patch_size, batch_size, verbose)
+    def _certify(self, x: np.ndarray, y: np.ndarray | None, batch_size: int, seed: int | None, verbose: bool,
+                 **kwargs: Any) -> CertificationResult:
+        """Theorem 1: certified iff every one- and two-mask prediction is ``y`` (default: the double-masking
+        label); then no patch of the configured size anywhere changes the double-masking output."""
+        if kwargs:
+            raise ValueError(f"unknown certify keyword(s) {sorted(kwargs)}")
+        prediction_map = self.prediction_map(x, batch_size, verbose)
         prediction = double_masking_from_map(prediction_map)
         certified = certified_from_map(prediction_map, prediction if y is None else y)
         return CertificationResult(prediction=prediction, certified=certified)
 
-    def eval_and_certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None,
-                         batch_size: int = 512, verbose: bool = False) -> tuple[float, float]:
-        """Clean accuracy of double masking and certified accuracy, as ART's de-randomized smoothing."""
-        y = check_labels(y, len(x), self.nb_classes)
-        result = self.certify(x, y, patch_size, batch_size, verbose)
-        return float(np.mean(result.prediction == y)), float(np.mean(result.certified))
-
-    def certified_accuracy(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None) -> float:
-        """Fraction of ``x`` certified against any one patch of ``patch_size`` pixels (the runner's interface)."""
-        return self.eval_and_certify(x, y, patch_size)[1]
+    def attack_surrogate(self):
+        """The base classifier (double masking has no gradient; ART's gradients here are the base's too)."""
+        return base_classifier(self)
 
 
 class PyTorchPatchCleanser(PatchCleanserMixin, PyTorchClassifier):
@@ -117,38 +114,28 @@ class PyTorchPatchCleanser(PatchCleanserMixin, PyTorchClassifier):
     ``predict_base`` and ART's gradients are the base classifier's.
     """
 
-    patchcleanser_params = ["patch_size", "masks_per_axis", "fill_value"]
-    estimator_params = PyTorchClassifier.estimator_params + patchcleanser_params
+    certifier_params = ["patch_size", "masks_per_axis", "fill_value"]
+    estimator_params = PyTorchClassifier.estimator_params + certifier_params
 
     def __init__(self, model, loss, input_shape: tuple[int, ...], nb_classes: int, patch_size: int = 5,
                  masks_per_axis: int = 6, fill_value: float | None = None, **kwargs: Any) -> None:
         super().__init__(model, loss, input_shape, nb_classes, **kwargs)
         self.patch_size, self.masks_per_axis, self.fill_value = patch_size, masks_per_axis, fill_value
-        self._check_patchcleanser_params()
+        self._check_certifier_params()
 
     def _image_hw(self) -> tuple[int, int]:
         shape = self.input_shape
         return tuple(shape[1:3]) if self.channels_first else tuple(shape[0:2])
 
-    def _check_patchcleanser_params(self) -> None:
+    def _check_certifier_params(self) -> None:
         side = min(self._image_hw())
-        if not isinstance(self.patch_size, (int, np.integer)) or not 1 <= self.patch_size <= side:
+        if not isinstance(self.patch_size, (int, np.integer)) or isinstance(self.patch_size, bool) or not (
+                1 <= self.patch_size <= side):
             raise ValueError(f"patch_size must be an integer in [1, {side}] pixels, got {self.patch_size!r}")
         if not isinstance(self.masks_per_axis, (int, np.integer)) or self.masks_per_axis < 1:
             raise ValueError(f"masks_per_axis must be a positive integer, got {self.masks_per_axis!r}")
         if self.fill_value is not None and not 0.0 <= self.fill_value <= 1.0:
             raise ValueError(f"fill_value must be None or a pixel value in [0, 1], got {self.fill_value}")
-
-    def set_params(self, **kwargs: Any) -> None:
-        """Set parameters and re-validate; on a ``ValueError`` every parameter keeps its previous value."""
-        previous = {key: getattr(self, key) for key in kwargs if key in self.patchcleanser_params}
-        try:
-            super().set_params(**kwargs)
-            self._check_patchcleanser_params()
-        except ValueError:
-            for key, value in previous.items():
-                setattr(self, key, value)
-            raise
 
     def _fill(self, channels: int) -> np.ndarray:
         if self.fill_value is not None:
@@ -158,14 +145,18 @@ class PyTorchPatchCleanser(PatchCleanserMixin, PyTorchClassifier):
             return np.zeros((channels, 1, 1), dtype=np.float32)
         return np.broadcast_to(np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1), (channels, 1, 1)).copy()
 
-    def _base_labels(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+    def _base_labels(self, x: np.ndarray, batch_size: int, **kwargs: Any) -> np.ndarray:
         images = x if self.channels_first else x.transpose(0, 2, 3, 1)
-        return PyTorchClassifier.predict(self, images, batch_size=batch_size).argmax(1)
+        return PyTorchClassifier.predict(self, images, batch_size=batch_size, **kwargs).argmax(1)
 
-    def predict(self, x: np.ndarray, batch_size: int = 512, **kwargs: Any) -> np.ndarray:
-        """Double masking: one-hot rows of the robust label."""
-        return np.eye(self.nb_classes, dtype=np.float32)[self.robust_labels(x, batch_size=batch_size)]
+    def predict(self, x: np.ndarray, batch_size: int = 512, training_mode: bool = False, verbose: bool = False,
+                **kwargs: Any) -> np.ndarray:
+        """Double masking: one-hot rows of the robust label. ``training_mode`` and ``kwargs`` go to the base
+        classifier's ``predict``."""
+        labels = self.robust_labels(x, batch_size=batch_size, verbose=verbose, training_mode=training_mode,
+                                    **kwargs)
+        return np.eye(self.nb_classes, dtype=np.float32)[labels]
 
     def predict_base(self, x: np.ndarray, batch_size: int = 256, **kwargs: Any) -> np.ndarray:
         """The base classifier's class scores (no masks)."""
-        return PyTorchClassifier.predict(self, x, batch_size=batch_size, **kwargs)
+        return PyTorchClassifier.predict(self, self.check_inputs(x), batch_size=batch_size, **kwargs)

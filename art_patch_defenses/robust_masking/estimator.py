@@ -15,7 +15,7 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 from tqdm.auto import tqdm
 
-from art_patch_defenses.certification import CertificationResult
+from art_patch_defenses.certification import RECOVERY, CertificationResult, CertifierMixin
 from art_patch_defenses.geometry import feature_window, window_masks
 from art_patch_defenses.robust_masking.masking import (
     FEATURE_TYPES,
@@ -24,7 +24,6 @@ from art_patch_defenses.robust_masking.masking import (
     masked_evidence,
     robust_predict,
 )
-from art_patch_defenses.validation import check_images, check_labels
 
 
 class RobustMaskingHead(nn.Module):
@@ -47,8 +46,14 @@ class RobustMaskingHead(nn.Module):
         return masked_evidence(self.features(x), self.windows, self.threshold, *self.feature_clip)
 
 
-class RobustMaskingMixin:
-    """The certifier's algorithm on top of an estimator that provides :meth:`local_features`."""
+class RobustMaskingMixin(CertifierMixin):
+    """The certifier's algorithm on top of an estimator that provides :meth:`local_features`.
+
+    Certified recovery (:data:`~art_patch_defenses.certification.RECOVERY`): no patch of ``patch_size`` pixels
+    anywhere changes the robust prediction of a certified sample.
+    """
+
+    certificate_kind = RECOVERY
 
     def local_features(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
         raise NotImplementedError
@@ -56,35 +61,30 @@ class RobustMaskingMixin:
     def windows_for(self, patch_size: int) -> np.ndarray:
         raise NotImplementedError
 
-    def certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None, batch_size: int = 128,
-                verbose: bool = False) -> CertificationResult:
-        """Provable robust-masking analysis: certified iff the robust prediction is ``y`` and no patch of
-        ``patch_size`` pixels (default: the estimator's) anywhere can change it.
-
-        :return: :class:`CertificationResult` with ``prediction`` and ``certified``.
-        """
-        check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
-                     channels_first=self.channels_first)
-        y = check_labels(y, len(x), self.nb_classes)
-        windows = self.windows_for(patch_size if patch_size is not None else self.patch_size)
+    def _certify(self, x: np.ndarray, y: np.ndarray | None, batch_size: int, seed: int | None, verbose: bool,
+                 **kwargs: Any) -> CertificationResult:
+        """Provable robust-masking analysis (Lemma 1) on the local features: certified iff the robust prediction
+        is ``y`` (default: itself) and no patch of the configured size anywhere can change it."""
+        if kwargs:
+            raise ValueError(f"unknown certify keyword(s) {sorted(kwargs)}")
+        windows = self.windows_for(self.patch_size)
         predictions, certified = [], []
-        for start in tqdm(range(0, len(x), batch_size), desc="certify", disable=not verbose):
+        for start in tqdm(range(0, len(x), batch_size), desc="certify (robust masking)", disable=not verbose):
             u = self.local_features(x[start : start + batch_size], batch_size)
-            predictions.append(robust_predict(u, windows, self.threshold, *self.feature_clip))
-            certified.append(certify(u, y[start : start + batch_size], windows, self.threshold, *self.feature_clip))
+            prediction = robust_predict(u, windows, self.threshold, *self.feature_clip)
+            labels = prediction if y is None else y[start : start + batch_size]
+            predictions.append(prediction)
+            certified.append(certify(u, labels, windows, self.threshold, *self.feature_clip))
         return CertificationResult(prediction=np.concatenate(predictions), certified=np.concatenate(certified))
 
-    def certified_accuracy(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None) -> float:
-        """Fraction of ``x`` certified correct against any one patch of ``patch_size`` pixels (the evaluation
-        runner's common certifier interface)."""
-        return float(np.mean(self.certify(x, y, patch_size).certified))
+    def predict_base(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> np.ndarray:
+        """The unmasked vote: the local features summed over every location (no clipping, no masking)."""
+        x = self.check_inputs(x)
+        return self.local_features(x, batch_size).sum(axis=(1, 2)).astype(np.float32)
 
-    def eval_and_certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None,
-                         batch_size: int = 128, verbose: bool = False) -> tuple[float, float]:
-        """Clean accuracy of the robust prediction and certified accuracy, as ART's de-randomized smoothing."""
-        result = self.certify(x, y, patch_size, batch_size, verbose)
-        labels = check_labels(y, len(x), self.nb_classes)
-        return float(np.mean(result.prediction == labels)), float(np.mean(result.certified))
+    def attack_surrogate(self):
+        """This estimator itself: its forward pass is the masking, differentiable where the math is."""
+        return self
 
 
 class PyTorchRobustMasking(RobustMaskingMixin, PyTorchClassifier):
@@ -100,13 +100,15 @@ class PyTorchRobustMasking(RobustMaskingMixin, PyTorchClassifier):
     Other arguments are ``PyTorchClassifier``'s; its ``predict`` returns the masked class evidence.
     """
 
-    masking_params = ["patch_size", "threshold", "feature_clip", "feature_type"]
-    estimator_params = PyTorchClassifier.estimator_params + masking_params
+    certifier_params = ["patch_size", "threshold", "feature_clip", "feature_type"]
+    estimator_params = PyTorchClassifier.estimator_params + certifier_params
 
     def __init__(self, backbone: nn.Module, loss, input_shape: tuple[int, ...], nb_classes: int,
                  patch_size: int = 5, threshold: float = 0.0,
                  feature_clip: tuple[float, float] = (0.0, float("inf")), feature_type: str = "logits",
                  **kwargs: Any) -> None:
+        if isinstance(backbone, RobustMaskingHead):  # ART's clone_for_refitting passes the model back
+            backbone = backbone.backbone
         self._backbone_geometry = backbone
         self._masking = {"patch_size": patch_size, "threshold": threshold, "feature_clip": tuple(feature_clip),
                          "feature_type": feature_type}
@@ -125,6 +127,9 @@ class PyTorchRobustMasking(RobustMaskingMixin, PyTorchClassifier):
             raise ValueError(f"feature_clip must be (low, high) with low < high, got {feature_clip}")
         if feature_type not in FEATURE_TYPES:
             raise ValueError(f"feature_type must be one of {', '.join(FEATURE_TYPES)}, got {feature_type!r}")
+
+    def _check_certifier_params(self) -> None:
+        self._check_masking(input_shape=self.input_shape, **self._masking)
 
     def _update_masking(self, **change: Any) -> None:
         """Validate the masking settings with ``change`` applied, then apply it and refresh the head; a bad value

@@ -6,7 +6,7 @@ Algorithm 1, ``certify`` is Algorithm 2; both classify the occluded copies for t
 image's candidate region R, in batches. An occluded copy is computed from the unoccluded image's superficial
 features with those the window reaches excluded, which is exactly what occluding its pixels gives (see
 :mod:`.sin`) and keeps every copy on the same numbers as the image. ``predict`` is the detector: the sparse model's
-scores, a zero row where it alerts.
+scores plus the protocol's abstain column, set where it alerts (:mod:`art_patch_defenses.certification`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 from tqdm.auto import tqdm
 
-from art_patch_defenses.certification import CertificationResult
+from art_patch_defenses.certification import (
+    DETECTION,
+    CertificationResult,
+    CertifierMixin,
+    base_classifier,
+    with_abstain_column,
+)
 from art_patch_defenses.geometry import back_project
 from art_patch_defenses.scalecert.detection import certify_from_labels, detect_from_labels
 from art_patch_defenses.scalecert.sin import ScaleCertNet, layer_after_first_convolution
 from art_patch_defenses.scalecert.windows import OcclusionWindows, occlusion_windows
-from art_patch_defenses.validation import check_images, check_labels
 
 
 @dataclass
@@ -52,8 +57,17 @@ class Detection:
         return len(self.prediction)
 
 
-class ScaleCertMixin:
-    """ScaleCert's detection and certification on top of an estimator that classifies occluded copies."""
+class ScaleCertMixin(CertifierMixin):
+    """ScaleCert's detection and certification on top of an estimator that classifies occluded copies.
+
+    Certified detection (:data:`~art_patch_defenses.certification.DETECTION`): for a certified sample, a patch of
+    ``patch_size`` pixels anywhere leaves the prediction right or raises an alert. ``predict`` returns the extra
+    abstain column (1 where the detector alerts).
+    """
+
+    certificate_kind = DETECTION
+    abstains = True
+    certify_batch_size = 256
 
     def _classify(self, x: np.ndarray, excluded: np.ndarray | None = None, superficial: torch.Tensor | None = None
                   ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -65,14 +79,12 @@ class ScaleCertMixin:
     def windows_for(self, patch_size: int | None = None) -> OcclusionWindows:
         raise NotImplementedError
 
-    def detect(self, x: np.ndarray, patch_size: int | None = None, batch_size: int = 256,
-               verbose: bool = False) -> Detection:
-        """Algorithm 1 for a patch of ``patch_size`` pixels (default: the estimator's)."""
-        check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
-                     channels_first=self.channels_first)
-        windows = self.windows_for(patch_size)
+    def detect(self, x: np.ndarray, batch_size: int = 256, verbose: bool = False) -> Detection:
+        """Algorithm 1 for a patch of the configured ``patch_size``."""
+        x = self.check_inputs(x)
+        windows = self.windows_for()
         base, winners, evaluated, window_labels = [], [], [], []
-        for start in tqdm(range(0, len(x), batch_size), desc="detect", disable=not verbose):
+        for start in tqdm(range(0, len(x), batch_size), desc="detect (ScaleCert)", disable=not verbose):
             images = x[start : start + batch_size]
             labels, kept, features = self._classify(images)
             run = meets_region(kept, windows)  # the others keep y* (see .sin)
@@ -96,42 +108,31 @@ class ScaleCertMixin:
         return Detection(prediction=prediction, alert=alert, location=location, base_prediction=base_prediction,
                          window_labels=window_labels, evaluated=evaluated, winners=winners)
 
-    def candidate_windows(self, x: np.ndarray, patch_size: int | None = None, batch_size: int = 256) -> np.ndarray:
+    def candidate_windows(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """How many merged windows meet each image's candidate region R: the occluded copies ``detect`` and
         ``certify`` run (one forward pass per image to find out)."""
-        check_images(x, "x", input_shape=self.input_shape, clip_values=self.clip_values,
-                     channels_first=self.channels_first)
-        windows = self.windows_for(patch_size)
+        x = self.check_inputs(x)
+        windows = self.windows_for()
         return np.concatenate([meets_region(self._classify(x[start : start + batch_size])[1], windows).sum(1)
                                for start in range(0, len(x), batch_size)])
 
-    def certify(self, x: np.ndarray, y: np.ndarray | None = None, patch_size: int | None = None,
-                batch_size: int = 256, verbose: bool = False) -> CertificationResult:
+    def _certify(self, x: np.ndarray, y: np.ndarray | None, batch_size: int, seed: int | None, verbose: bool,
+                 **kwargs: Any) -> CertificationResult:
         """Algorithm 2: certified iff the sparse model and every occluded copy that meets the candidate region
-        say ``y`` (default: the sparse model's own prediction); then no patch of ``patch_size`` pixels anywhere
-        can make the detector return another label without an alert (Theorem 1).
-
-        :return: :class:`CertificationResult` with the detector's ``prediction`` (-1 = alert) on ``x``,
-            ``certified``, ``alert`` and ``location``.
-        """
-        if y is not None:
-            y = check_labels(y, len(x), self.nb_classes)
-        found = self.detect(x, patch_size, batch_size, verbose)
+        say ``y`` (default: the sparse model's own prediction); then no patch of the configured size anywhere
+        can make the detector return another label without an alert (Theorem 1). ``prediction`` is the
+        detector's on ``x`` (-1 = alert)."""
+        if kwargs:
+            raise ValueError(f"unknown certify keyword(s) {sorted(kwargs)}")
+        found = self.detect(x, batch_size, verbose)
         labels = found.base_prediction if y is None else y
         certified = certify_from_labels(found.base_prediction, found.window_labels, labels)
         return CertificationResult(prediction=found.prediction, certified=certified, alert=found.alert,
                                    location=found.location)
 
-    def eval_and_certify(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None,
-                         batch_size: int = 256, verbose: bool = False) -> tuple[float, float]:
-        """Clean accuracy of the detector (an alert counts as wrong) and certified detection accuracy."""
-        y = check_labels(y, len(x), self.nb_classes)
-        result = self.certify(x, y, patch_size, batch_size, verbose)
-        return float(np.mean(result.prediction == y)), float(np.mean(result.certified))
-
-    def certified_accuracy(self, x: np.ndarray, y: np.ndarray, patch_size: int | None = None) -> float:
-        """Fraction of ``x`` certified against any one patch of ``patch_size`` pixels (the runner's interface)."""
-        return self.eval_and_certify(x, y, patch_size)[1]
+    def attack_surrogate(self):
+        """The sparse model (SIN inside) as a plain ART classifier: what the detector classifies."""
+        return base_classifier(self)
 
     def candidate_region(self, winners: np.ndarray) -> np.ndarray:
         """Input pixels ``(N, H, W)`` that the SIN ``winners`` ``(N, h, w)`` see: the candidate region R."""
@@ -157,19 +158,23 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
     Other arguments are ``PyTorchClassifier``'s.
     """
 
-    scalecert_params = ["top_k", "patch_size", "r", "tau"]
-    estimator_params = PyTorchClassifier.estimator_params + scalecert_params
+    certifier_params = ["top_k", "patch_size", "r", "tau"]
+    estimator_params = PyTorchClassifier.estimator_params + certifier_params
 
     def __init__(self, model: torch.nn.Module, loss, input_shape: tuple[int, ...], nb_classes: int,
                  superficial_layer: str | None = None, top_k: float = 0.1, patch_size: int = 5, r: int = 3,
                  tau: float = 0.3, **kwargs: Any) -> None:
-        superficial_layer = superficial_layer or layer_after_first_convolution(model, tuple(input_shape))
-        net = ScaleCertNet(model, superficial_layer, top_k, tuple(input_shape))
+        if isinstance(model, ScaleCertNet):  # ART's clone_for_refitting passes the wrapped model back
+            net = model
+            superficial_layer = net.superficial_layer
+        else:
+            superficial_layer = superficial_layer or layer_after_first_convolution(model, tuple(input_shape))
+            net = ScaleCertNet(model, superficial_layer, top_k, tuple(input_shape))
         super().__init__(net, loss, input_shape, nb_classes, **kwargs)
         self.superficial_layer = superficial_layer
         self.top_k, self.patch_size, self.r, self.tau = top_k, patch_size, r, tau
         self._windows: dict[tuple[int, int, float], OcclusionWindows] = {}
-        self._check_scalecert_params()
+        self._check_certifier_params()
 
     @property
     def top_k(self) -> float:
@@ -179,7 +184,7 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
     def top_k(self, value: float) -> None:
         self.model.sin.top_k = value
 
-    def _check_scalecert_params(self) -> None:
+    def _check_certifier_params(self) -> None:
         if not 0.0 < self.top_k <= 1.0:
             raise ValueError(f"top_k must be a fraction in (0, 1], got {self.top_k}")
         self._check_patch_size(self.patch_size, min(self._image_hw()))
@@ -190,23 +195,13 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
 
     @staticmethod
     def _check_patch_size(patch_size: Any, side: int) -> None:
-        if not isinstance(patch_size, (int, np.integer)) or not 1 <= patch_size <= side:
+        if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or not (
+                1 <= patch_size <= side):
             raise ValueError(f"patch_size must be an integer in [1, {side}] pixels, got {patch_size!r}")
 
     def _image_hw(self) -> tuple[int, int]:
         shape = self.input_shape
         return tuple(shape[1:3]) if self.channels_first else tuple(shape[0:2])
-
-    def set_params(self, **kwargs: Any) -> None:
-        """Set parameters and re-validate; on a ``ValueError`` every parameter keeps its previous value."""
-        previous = {key: getattr(self, key) for key in kwargs if key in self.scalecert_params}
-        try:
-            super().set_params(**kwargs)
-            self._check_scalecert_params()
-        except ValueError:
-            for key, value in previous.items():
-                setattr(self, key, value)
-            raise
 
     def windows_for(self, patch_size: int | None = None) -> OcclusionWindows:
         """The merged occluding windows for ``patch_size`` (default: the estimator's), cached."""
@@ -229,15 +224,16 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
         return logits.argmax(1).cpu().numpy(), net.last_winners.cpu().numpy(), net.last_features
 
     def predict(self, x: np.ndarray, batch_size: int = 256, **kwargs: Any) -> np.ndarray:
-        """The detector: the sparse model's class scores, an all-zero row where ScaleCert alerts."""
+        """The detector: the sparse model's class scores plus the abstain column, ``[0, ..., 0, 1]`` where
+        ScaleCert alerts."""
+        x = self.check_inputs(x)
         scores = PyTorchClassifier.predict(self, x, batch_size=batch_size, **kwargs)
         alert = self.detect(x, batch_size=batch_size, verbose=kwargs.get("verbose", False)).alert
-        scores[alert] = 0.0
-        return scores
+        return with_abstain_column(scores, alert)
 
     def predict_base(self, x: np.ndarray, batch_size: int = 256, **kwargs: Any) -> np.ndarray:
         """The sparse model's class scores (SIN applied, no occlusion, no detection)."""
-        return PyTorchClassifier.predict(self, x, batch_size=batch_size, **kwargs)
+        return PyTorchClassifier.predict(self, self.check_inputs(x), batch_size=batch_size, **kwargs)
 
 
 def meets_region(winners: np.ndarray, windows: OcclusionWindows) -> np.ndarray:

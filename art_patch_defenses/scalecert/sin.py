@@ -11,6 +11,7 @@ deterministic (ties go to the lower position index).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -146,6 +147,7 @@ class ScaleCertNet(nn.Module):
         self.model = model
         self.sin = SuperficialImportantNeurons(top_k)
         self.superficial_layer = superficial_layer
+        self.input_shape = tuple(input_shape)
         self.chain, self.map_hw = superficial_chain(model, superficial_layer, input_shape)
         self.last_features: torch.Tensor | None = None
         self.last_winners: torch.Tensor | None = None
@@ -167,6 +169,20 @@ class ScaleCertNet(nn.Module):
             return self.model(x)
         finally:
             self._excluded = self._superficial = None
+
+    def __deepcopy__(self, memo: dict) -> ScaleCertNet:
+        # A plain deep copy can leave the copied layer's hook bound to another copy of this wrapper; rebuild the
+        # wrapper around a copy of the plain model instead, so the copy's hook is its own.
+        self._handle.remove()
+        try:
+            model = copy.deepcopy(self.model, memo)
+        finally:
+            self._handle = dict(self.model.named_modules())[self.superficial_layer].register_forward_hook(
+                self._apply_sin)
+        clone = ScaleCertNet(model, self.superficial_layer, self.sin.top_k, self.input_shape)
+        clone.train(self.training)
+        memo[id(self)] = clone
+        return clone
 
     def remove(self) -> nn.Module:
         """Take the SIN hook off and return the plain model."""
