@@ -8,7 +8,7 @@ import pytest
 from conftest import needs_shared
 
 from art_patch_defenses.certification import CertificationResult
-from art_patch_defenses.evaluation.verify import certifier_kind, verify_certificates
+from art_patch_defenses.evaluation.verify import require_certifier, verify_certificates
 
 
 def _mnist_scalecert():
@@ -21,7 +21,7 @@ def test_scalecert_certificates_survive_the_attack(mnist_test):
     estimator = _mnist_scalecert()
     x, y = mnist_test.x[::10][:60], mnist_test.y[::10][:60]
     report = verify_certificates(estimator, x, y, 5, n_certified=6, placements=4, max_iter=10, verbose=False)
-    assert report["certifier"] == "scalecert"
+    assert report["certifier"] == "PyTorchScaleCert" and report["certificate_kind"] == "detection"
     assert report["samples"] >= 3, report
     assert report["attacked"] == report["samples"] * 4
     assert report["fooled_base"] > 0, "the attack must fool the sparse model somewhere, or the check proves nothing"
@@ -36,7 +36,7 @@ def test_mrs_certificates_survive_the_attack(mnist_test):
                                "n0": 20, "patch_size": 7})
     report = verify_certificates(estimator, mnist_test.x[::50], mnist_test.y[::50], 7, n_certified=3, placements=2,
                                  max_iter=5, verbose=False)
-    assert report["certifier"] == "mrs"
+    assert report["certifier"] == "PyTorchMRS" and report["certificate_kind"] == "region-L2"
     assert report["samples"] == 3 and report["attacked"] >= 3
     assert report["violations"] == 0
 
@@ -47,7 +47,7 @@ def test_patchcleanser_certificates_survive_the_attack(mnist_test):
     estimator = get_art_model({"name": "mnist_cnn", "weights": "embedded", "patch_size": 5, "masks_per_axis": 4})
     report = verify_certificates(estimator, mnist_test.x[::10][:40], mnist_test.y[::10][:40], 5, n_certified=2,
                                  placements=3, max_iter=5, verbose=False)
-    assert report["certifier"] == "patchcleanser"
+    assert report["certifier"] == "PyTorchPatchCleanser" and report["certificate_kind"] == "recovery"
     assert report["samples"] >= 1 and report["attacked"] == report["samples"] * 3
     assert report["violations"] == 0
 
@@ -59,8 +59,8 @@ def test_an_unsound_certificate_is_caught(mnist_test, monkeypatch):
     estimator = get_art_model({"name": "mnist_bagnet", "weights": "embedded", "patch_size": 7})
     honest = estimator.certify
 
-    def every_right_prediction(x, y, patch_size=None, **kwargs):
-        result = honest(x, y, patch_size, **kwargs)
+    def every_right_prediction(x, y=None, **kwargs):
+        result = honest(x, y, **kwargs)
         return CertificationResult(prediction=result.prediction, certified=result.prediction == y)
 
     monkeypatch.setattr(estimator, "certify", every_right_prediction)
@@ -71,17 +71,17 @@ def test_an_unsound_certificate_is_caught(mnist_test, monkeypatch):
 
 @needs_shared
 def test_robust_masking_and_art_derandomized_smoothing_certificates_survive():
+    from art_patch_defenses.baselines import get_art_derandomized_smoothing
     from art_patch_defenses.data import load_dataset
-    from art_patch_defenses.models.art_baselines import get_art_derandomized_smoothing
     from art_patch_defenses.robust_masking import get_art_model
 
     test = load_dataset("cifar10", "test", n=100, seed=0)
     x, y = test.x[::5], test.y[::5]
-    masking = get_art_model({"name": "cifar_mask_ds", "weights": "trained", "patch_size": 5,
+    masking = get_art_model({"name": "cifar_mask_ds", "weights": "trained", "patch_size": 2,
                              "feature_type": "prediction"})
-    smoothing = get_art_derandomized_smoothing({"name": "cifar_mask_ds", "weights": "trained"})
-    for estimator, kind in ((masking, "robust_masking"), (smoothing, "derandomized_smoothing")):
-        report = verify_certificates(estimator, x, y, 2, n_certified=3, placements=2, max_iter=3, verbose=False)
+    smoothing = get_art_derandomized_smoothing({"name": "cifar_mask_ds", "weights": "trained", "patch_size": 2})
+    for estimator, kind in ((masking, "PyTorchRobustMasking"), (smoothing, "PyTorchDeRandomizedSmoothingCertifier")):
+        report = verify_certificates(estimator, x, y, n_certified=3, placements=2, max_iter=3, verbose=False)
         assert report["certifier"] == kind
         assert report["samples"] == 3 and report["violations"] == 0, report
 
@@ -92,9 +92,9 @@ def test_art_derandomized_smoothing_counts_the_mask_ds_band_votes():
     vote counts equal the count of band softmaxes over its threshold."""
     import torch
 
+    from art_patch_defenses.baselines import get_art_derandomized_smoothing
     from art_patch_defenses.data import load_dataset
     from art_patch_defenses.models import build_model
-    from art_patch_defenses.models.art_baselines import get_art_derandomized_smoothing
 
     test = load_dataset("cifar10", "test", n=20, seed=0)
     smoothing = get_art_derandomized_smoothing({"name": "cifar_mask_ds", "weights": "trained", "threshold": 0.3})
@@ -106,11 +106,11 @@ def test_art_derandomized_smoothing_counts_the_mask_ds_band_votes():
 
 def test_verify_refuses_what_it_cannot_check(mnist_classifier, mnist_test):
     with pytest.raises(ValueError, match="not a certifier"):
-        certifier_kind(mnist_classifier)
+        require_certifier(mnist_classifier)
     estimator = _mnist_scalecert()
-    with pytest.raises(ValueError, match="patch_size"):
-        verify_certificates(estimator, mnist_test.x[:4], mnist_test.y[:4], 40, verbose=False)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="for_patch_size"):  # verify checks the certifier it is given, as it is
+        verify_certificates(estimator, mnist_test.x[:4], mnist_test.y[:4], 7, verbose=False)
+    with pytest.raises(ValueError, match="placements must be a positive integer"):
         verify_certificates(estimator, mnist_test.x[:4], mnist_test.y[:4], 5, placements=0, verbose=False)
 
 
@@ -129,7 +129,7 @@ def test_cli_verify_writes_its_report(tmp_path, capsys):
     assert code == 0, printed
     assert "| violations |" in printed and "skipped mnist_cnn / none" in printed
     report = json.loads((tmp_path / "out" / "verify.json").read_text())
-    assert report["reports"][0]["certifier"] == "scalecert" and report["reports"][0]["violations"] == 0
+    assert report["reports"][0]["certifier"] == "PyTorchScaleCert" and report["reports"][0]["violations"] == 0
     only_undefended = tmp_path / "plain.json"
     only_undefended.write_text(json.dumps(json.loads(DEFAULT_SCENARIO.read_text())["scenarios"][0]))
     assert main(["verify", str(only_undefended), "--n", "10", "--quiet", "--output-dir", str(tmp_path / "o2")]) == 2

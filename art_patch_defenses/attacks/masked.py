@@ -35,6 +35,12 @@ def _check_masks(mask: np.ndarray, x: np.ndarray) -> np.ndarray:
     return mask.astype(x.dtype)
 
 
+def seed_art_random_start(seed: int) -> None:
+    """Seed the generators ART's attacks draw their random starts from (numpy's global one, and torch's)."""
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _labels_for(estimator, x: np.ndarray, y: np.ndarray | None, batch_size: int) -> np.ndarray:
     if y is None:
         return estimator.predict(x, batch_size=batch_size).argmax(1)
@@ -53,6 +59,7 @@ def masked_pgd(
     targeted: bool = False,
     batch_size: int = 64,
     verbose: bool = True,
+    seed: int | None = None,
 ) -> np.ndarray:
     """Masked PGD (L-inf) with ART's ``ProjectedGradientDescent`` and a per-sample mask.
 
@@ -60,10 +67,13 @@ def masked_pgd(
     :param x: clean images in [0, 1], layout of the estimator.
     :param mask: ``x``-shaped 0/1 array, 1 on the patch pixels of each sample.
     :param y: true labels (untargeted) or target labels (``targeted=True``); default: the predictions.
+    :param seed: seeds ART's random start (it draws from numpy's global generator), so a rerun is identical.
     :return: adversarial images equal to ``x`` outside the mask.
     """
     check_images(x, "x", clip_values=estimator.clip_values, channels_first=estimator.channels_first)
     mask = _check_masks(mask, x)
+    if seed is not None:
+        seed_art_random_start(seed)
     attack = ProjectedGradientDescent(
         estimator, norm=np.inf, eps=eps, eps_step=eps_step, max_iter=max_iter, targeted=targeted,
         num_random_init=num_random_init, batch_size=batch_size, verbose=verbose,
@@ -71,6 +81,17 @@ def masked_pgd(
     labels = _labels_for(estimator, x, y, batch_size)
     x_adv = attack.generate(x, y=labels, mask=mask)
     return np.where(mask > 0, x_adv, x).astype(x.dtype)
+
+
+def masked_pgd_surrogate(estimator, x: np.ndarray, mask: np.ndarray, y: np.ndarray | None = None,
+                         **pgd_kwargs: Any) -> np.ndarray:
+    """:func:`masked_pgd` against a certifier's ``attack_surrogate()`` (the differentiable network the certifier
+    protocol names for white-box attacks, e.g. the soft column vote of de-randomized smoothing); judge the result
+    with the certifier's own ``predict``. ``pgd_kwargs`` are :func:`masked_pgd`'s."""
+    if not hasattr(estimator, "attack_surrogate"):
+        raise ValueError(f"{type(estimator).__name__} is not a certifier (it has no attack_surrogate()); "
+                         "use masked_pgd")
+    return masked_pgd(estimator.attack_surrogate(), x, mask, y, **pgd_kwargs)
 
 
 class RestrictToMask(PreprocessorPyTorch):

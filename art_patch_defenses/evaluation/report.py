@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from art_patch_defenses.evaluation.runner import ScenarioResult, scenario_label
+from art_patch_defenses.evaluation.results import ScenarioResult, scenario_label
 
 TABLE_HEADER = (
     "| model | defence | attack | patch (px, area) | n | benign acc | adversarial acc | certified acc "

@@ -6,18 +6,21 @@ size, location rule and budget are copied into each result, beside the numbers t
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from art_patch_defenses import __version__
+from art_patch_defenses.attacks.masked import seed_art_random_start
+from art_patch_defenses.certification import CertifierMixin, predict_labels
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.evaluation.config import load_config, resolve
 from art_patch_defenses.evaluation.metrics import mask_precision_recall_f1
+from art_patch_defenses.evaluation.report import write_reports
+from art_patch_defenses.evaluation.results import ScenarioResult, scenario_label
 from art_patch_defenses.geometry import (
     expand_masks,
     paste_patch,
@@ -29,23 +32,16 @@ from art_patch_defenses.geometry import (
 
 DEFAULT_SCENARIO = Path(__file__).with_name("default_scenario.json")
 N_EXAMPLES = 6
+logger = logging.getLogger(__name__)
 
 
-@dataclass
-class ScenarioResult:
-    """One scenario's Armory-shaped record and the example images kept for the report."""
-
-    record: dict[str, Any]
-    examples: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def predict_labels(estimator, x: np.ndarray, batch_size: int, desc: str, verbose: bool = True) -> np.ndarray:
-    """Arg-max predictions in batches with a progress bar; an all-zero row (abstain or alert) gives -1."""
+def labels_in_batches(estimator, x: np.ndarray, batch_size: int, desc: str, verbose: bool = True) -> np.ndarray:
+    """The estimator's labels in batches with a progress bar; -1 where a certifier abstains or alerts (its abstain
+    column, or an all-zero row from an ART estimator)."""
     labels = []
     for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not verbose, leave=False):
         scores = estimator.predict(x[start : start + batch_size], batch_size=batch_size)
-        abstain = ~np.any(scores != 0, axis=1)
-        labels.append(np.where(abstain, -1, scores.argmax(1)))
+        labels.append(predict_labels(scores, estimator.nb_classes))
     return np.concatenate(labels)
 
 
@@ -99,6 +95,7 @@ def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: b
     component = resolve(attack["module"], attack["name"])
     kwargs = dict(attack.get("kwargs") or {})
     kwargs.setdefault("verbose", verbose)
+    seed_art_random_start(seed)  # ART's random starts draw from the global generators: one seed fixes them too
     if attack["type"] == "patch":
         train = load_dataset(
             dataset["name"], dataset.get("train_split", "train"), n=dataset.get("patch_train_n", 500),
@@ -137,9 +134,9 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
     )
     estimator = build_estimator(config, cache)
     batch_size = int(dataset.get("batch_size", 128))
-    benign = predict_labels(estimator, data.x, batch_size, "benign", verbose)
+    benign = labels_in_batches(estimator, data.x, batch_size, "benign", verbose)
     x_adv, masks, facts = run_attack(estimator, config, data.x, data.y, verbose)
-    adversarial = predict_labels(estimator, x_adv, batch_size, "adversarial", verbose)
+    adversarial = labels_in_batches(estimator, x_adv, batch_size, "adversarial", verbose)
     outside = ~expand_masks(masks, data.x).astype(bool)
     results = {
         "benign_mean_categorical_accuracy": float(np.mean(benign == data.y)),
@@ -152,10 +149,11 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
         "seconds": round(time.time() - start, 2),
         **facts,
     }
-    if hasattr(estimator, "certified_accuracy"):  # a certifier: its certificate for the patch size, clean images
-        side = max(patch_shape(config["attack"]["patch_size"], data.x.shape[2:]))
-        results["certified_accuracy"] = estimator.certified_accuracy(data.x, data.y, side)
-        results["certified_patch_pixels"] = int(side)
+    if isinstance(estimator, CertifierMixin):  # its own certificate (for its configured patch), clean images
+        certified = estimator.certify(data.x, data.y, batch_size=batch_size)
+        results["certified_accuracy"] = float(np.mean(certified.certified))
+        results["certified_patch_pixels"] = int(estimator.patch_size)
+        results["certificate_kind"] = estimator.certificate_kind
     for defence in estimator.preprocessing_defences or []:
         if hasattr(defence, "masks"):  # a patch detector: how well its segmentation found the attacker's patch
             quality = mask_precision_recall_f1(defence.masks(x_adv, dilated=False), masks)
@@ -178,18 +176,6 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
     return ScenarioResult(record=record, examples=examples)
 
 
-def scenario_label(config: dict) -> tuple[str, str, str]:
-    """Short (model, defence, attack) labels of a scenario for tables and plots."""
-    model = config["model"].get("model_kwargs", {}).get("name", config["model"]["name"])
-    if config.get("defense"):
-        defense = config["defense"]["name"]
-    elif config["model"]["module"] != "art_patch_defenses.models":  # a model-wrapping defence's factory
-        defense = config["model"]["module"].rsplit(".", 1)[-1]
-    else:
-        defense = "none"
-    return model, defense, config["attack"]["name"]
-
-
 def run_suite(
     source: str | Path | dict | None = None, output_dir: str | Path | None = None, verbose: bool = True
 ) -> dict:
@@ -197,15 +183,11 @@ def run_suite(
 
     :return: ``{"_description", "outcomes": [ScenarioResult, ...], "files": {...}}``.
     """
-    from art_patch_defenses.evaluation.report import write_reports
-
     suite = load_config(source if source is not None else DEFAULT_SCENARIO)
     cache: dict = {}
     outcomes = []
     for config in suite["scenarios"]:
-        label = " / ".join(scenario_label(config))
-        if verbose:
-            print(f"scenario: {label}", flush=True)
+        logger.info("scenario: %s", " / ".join(scenario_label(config)))
         outcomes.append(run_scenario(config, cache, verbose))
     output_dir = Path(output_dir or Path("outputs") / time.strftime("evaluation-%Y%m%d-%H%M%S"))
     files = write_reports(suite["_description"], outcomes, output_dir)
