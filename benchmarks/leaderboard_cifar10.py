@@ -37,11 +37,11 @@ from common import RESULTS_DIR, environment, pyplot, save_figure  # noqa: E402
 
 from art_patch_defenses.attacks import MaskedAutoPGD, lavan_patch, masked_pgd  # noqa: E402
 from art_patch_defenses.attacks.eot import masked_pgd_eot  # noqa: E402
+from art_patch_defenses.baselines import get_art_derandomized_smoothing  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
-from art_patch_defenses.evaluation.runner import predict_labels  # noqa: E402
+from art_patch_defenses.evaluation.runner import labels_in_batches  # noqa: E402
 from art_patch_defenses.geometry import expand_masks, paste_patch, patch_masks, random_locations  # noqa: E402
-from art_patch_defenses.models import get_art_model, make_classifier, sha256_of  # noqa: E402
-from art_patch_defenses.models.art_baselines import get_art_derandomized_smoothing, soft_vote_classifier  # noqa: E402
+from art_patch_defenses.models import get_art_model, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 
 ROWS = ("undefended", "fnc", "patchzero", "robust_masking", "mrs", "scalecert", "patchcleanser",
@@ -105,7 +105,7 @@ class Slice:
 
 def labels(estimator, x: np.ndarray, batch_size: int = 100) -> np.ndarray:
     """The defended estimator's labels (-1 for an all-zero row: abstain or alert)."""
-    return predict_labels(estimator, x, batch_size, "predict", verbose=False)
+    return labels_in_batches(estimator, x, batch_size, "predict", verbose=False)
 
 
 def robust_under(estimator, data: Slice, attacks: dict[str, Callable], judge=None) -> dict:
@@ -211,6 +211,38 @@ def row_patchzero(data: Slice) -> dict:
     }
 
 
+def certified_columns(estimator, x: np.ndarray, y: np.ndarray, certificate: str) -> dict:
+    """The certifier's own ``certify`` for each certified patch side (another side: a separately configured copy,
+    ``for_patch_size``)."""
+    columns = {}
+    for key, side in CERTIFIED_SIDES.items():
+        certifier = estimator if estimator.patch_size == side else estimator.for_patch_size(side)
+        result = certifier.certify(x, y)
+        columns[f"certified_accuracy_{key}"] = {"value": float(result.certified.mean()), "patch_pixels": [side, side],
+                                                "images": len(x), "certificate_kind": result.kind,
+                                                "certificate": certificate}
+    return columns
+
+
+def certifier_row(estimator, data: Slice, weights_record: dict, settings: dict, certificate: str) -> dict:
+    """A patch certifier's row through the certifier protocol: clean accuracy of its ``predict`` (an abstention or
+    alert is wrong), masked PGD and APGD against its ``attack_surrogate()`` judged by its ``predict``, and its own
+    certificates."""
+    surrogate = estimator.attack_surrogate()
+    return {
+        "weights": weights_record,
+        "settings": settings,
+        "clean_accuracy": {"value": float(np.mean(labels(estimator, data.x) == data.y))},
+        "robust_accuracy": {
+            **robust_under(estimator, data, {"masked_pgd_surrogate": lambda: data.pgd(surrogate),
+                                             "masked_apgd_surrogate": lambda: data.apgd(surrogate)}),
+            "judged_by": f"the certifier's predict (an abstention or alert counts as not right); the attacks follow "
+                         f"its attack_surrogate ({type(surrogate).__name__} on {type(surrogate.model).__name__})",
+        },
+        **certified_columns(estimator, data.x, data.y, certificate),
+    }
+
+
 def robust_masking_estimator():
     from art_patch_defenses.robust_masking import get_art_model as masking_model
 
@@ -220,22 +252,10 @@ def robust_masking_estimator():
 
 def row_robust_masking(data: Slice) -> dict:
     estimator = robust_masking_estimator()
-    certified = {}
-    for key, side in CERTIFIED_SIDES.items():
-        result = estimator.certify(data.x, data.y, side)
-        certified[key] = {"value": float(result.certified.mean()), "patch_pixels": [side, side],
-                          "certificate": "PatchGuard provable analysis (certify), any patch content and place"}
-    estimator.set_params(patch_size=PATCH)
-    return {
-        "weights": weights("cifar_mask_ds", "trained"),
-        "settings": {"feature_type": "prediction", "threshold": estimator.threshold,
-                     "masking_window": "for a 5x5 patch (clean and robust columns)"},
-        "clean_accuracy": {"value": float(np.mean(labels(estimator, data.x) == data.y))},
-        "robust_accuracy": robust_under(estimator, data, {
-            "masked_pgd": lambda: data.pgd(estimator), "masked_apgd": lambda: data.apgd(estimator)}),
-        "certified_accuracy_0.4": certified["0.4"],
-        "certified_accuracy_2.4": certified["2.4"],
-    }
+    return certifier_row(estimator, data, weights("cifar_mask_ds", "trained"),
+                         {"feature_type": "prediction", "threshold": estimator.threshold,
+                          "masking_window": "for a 5x5 patch (clean and robust columns)"},
+                         "PatchGuard provable analysis (certify), any patch content and place")
 
 
 def mrs_estimator():
@@ -247,15 +267,6 @@ def mrs_estimator():
 def row_mrs(data: Slice) -> dict:
     estimator = mrs_estimator()
     x, y = data.x_attack, data.y_attack
-    certified = {}
-    for key, side in CERTIFIED_SIDES.items():
-        estimator.set_params(patch_size=side)
-        clean, cert = estimator.eval_and_certify(x, y, seed=0)
-        certified[key] = {"value": cert, "patch_pixels": [side, side], "images": len(x),
-                          "certificate": "L2 radius >= 25/255 inside the localised block: a bound on small changes "
-                                         "of the patch pixels, not a certificate against any patch",
-                          "clean_accuracy_certify": clean}
-    estimator.set_params(patch_size=PATCH)
     eot = {"norm": "inf", "eps": 1.0, "eps_step": 0.05, "max_iter": data.pgd_iter, "eot_samples": 8, "restarts": 1}
 
     def attack() -> tuple[np.ndarray, dict]:
@@ -269,13 +280,13 @@ def row_mrs(data: Slice) -> dict:
     return {
         "weights": weights("cifar_resnet20", "mrs"),
         "settings": {"sigma_255": 128, "n0": estimator.n0, "n": estimator.sample_size, "alpha": estimator.alpha,
-                     "localisation_block": PATCH},
+                     "localisation_block": PATCH, "seed": estimator.seed},
         "clean_accuracy": {"value": float(np.mean(smoothed(x) == y)), "images": len(x),
                            "reason_for_slice": "2-3 s per image (localisation + 1,000 noise samples): run on the "
                                                "attacked sub-slice only"},
         "robust_accuracy": robust_under(estimator, data, {"eot_masked_pgd": attack}, judge=smoothed),
-        "certified_accuracy_0.4": certified["0.4"],
-        "certified_accuracy_2.4": certified["2.4"],
+        **certified_columns(estimator, x, y, "L2 radius >= 25/255 inside the localised block: a bound on small "
+                                             "changes of the patch pixels, not a certificate against any patch"),
     }
 
 
@@ -288,26 +299,10 @@ def scalecert_estimator():
 
 def row_scalecert(data: Slice) -> dict:
     estimator = scalecert_estimator()
-    certified = {}
-    for key, side in CERTIFIED_SIDES.items():
-        result = estimator.certify(data.x, data.y, side)
-        certified[key] = {"value": float(result.certified.mean()), "patch_pixels": [side, side],
-                          "certificate": "certified detection: right, or an alert, for any patch of this size "
-                                         "(an alert on a clean image counts as wrong)"}
-    estimator.set_params(patch_size=PATCH)
-    sparse = make_classifier(estimator.model, "cifar_resnet20")
-    return {
-        "weights": weights("cifar_resnet20", "scalecert"),
-        "settings": {"top_k": 0.2, "r": estimator.r, "tau": 0.3, "superficial_layer": "bn1"},
-        "clean_accuracy": {"value": float(np.mean(labels(estimator, data.x) == data.y))},
-        "robust_accuracy": {
-            **robust_under(estimator, data, {"masked_pgd_sparse_model": lambda: data.pgd(sparse),
-                                             "masked_apgd_sparse_model": lambda: data.apgd(sparse)}),
-            "judged_by": "the detector's prediction: an alert counts as not right",
-        },
-        "certified_accuracy_0.4": certified["0.4"],
-        "certified_accuracy_2.4": certified["2.4"],
-    }
+    return certifier_row(estimator, data, weights("cifar_resnet20", "scalecert"),
+                         {"top_k": 0.2, "r": estimator.r, "tau": 0.3, "superficial_layer": "bn1"},
+                         "certified detection: right, or an alert, for any patch of this size (an alert on a clean "
+                         "image counts as wrong)")
 
 
 def patchcleanser_estimator():
@@ -319,55 +314,23 @@ def patchcleanser_estimator():
 
 def row_patchcleanser(data: Slice) -> dict:
     estimator = patchcleanser_estimator()
-    certified, clean = {}, None
-    for key, side in CERTIFIED_SIDES.items():
-        result = estimator.certify(data.x, data.y, side)
-        certified[key] = {"value": float(result.certified.mean()), "patch_pixels": [side, side],
-                          "certificate": "PatchCleanser double masking (certify: every one- and two-mask prediction "
-                                         "right), any patch content and place"}
-        if side == PATCH:
-            clean = float(np.mean(result.prediction == data.y))
-    base = make_classifier(estimator.model, "cifar_resnet20")
-    return {
-        "weights": weights("cifar_resnet20", "patchcleanser"),
-        "settings": {"masks_per_axis": 6, "fill": "normalisation mean", "mask_set": "for a 5x5 patch (clean, robust)"},
-        "clean_accuracy": {"value": clean},
-        "robust_accuracy": {
-            **robust_under(estimator, data, {"masked_pgd_base": lambda: data.pgd(base),
-                                             "masked_apgd_base": lambda: data.apgd(base)}),
-            "judged_by": "double masking; the attacks follow the base classifier's gradients (double masking has none)",
-        },
-        "certified_accuracy_0.4": certified["0.4"],
-        "certified_accuracy_2.4": certified["2.4"],
-    }
+    return certifier_row(estimator, data, weights("cifar_resnet20", "patchcleanser"),
+                         {"masks_per_axis": 6, "fill": "normalisation mean", "mask_set": "for a 5x5 patch (clean, "
+                                                                                         "robust)"},
+                         "PatchCleanser double masking (certify: every one- and two-mask prediction right), any "
+                         "patch content and place")
 
 
 def drs_estimator():
-    return get_art_derandomized_smoothing({"name": "cifar_mask_ds", "weights": "trained", "threshold": 0.3})
+    return get_art_derandomized_smoothing({"name": "cifar_mask_ds", "weights": "trained", "threshold": 0.3,
+                                           "patch_size": PATCH})
 
 
 def row_art_derandomized_smoothing(data: Slice) -> dict:
-    drs = drs_estimator()
-    certified = {}
-    for key, side in CERTIFIED_SIDES.items():
-        clean, cert = drs.eval_and_certify(data.x, data.y, size_to_certify=side, batch_size=100, verbose=False)
-        certified[key] = {"value": float(cert), "patch_pixels": [side, side],
-                          "certificate": "ART eval_and_certify (vote gap > 2 (patch + width - 1))"}
-    soft_vote = soft_vote_classifier(drs)
-    return {
-        "weights": weights("cifar_mask_ds", "trained"),
-        "settings": {"algorithm": "levine2020", "ablation_type": "column", "ablation_size": 4, "threshold": 0.3,
-                     "base": "the band classifier of the Mask-DS checkpoint (robust masking's backbone)"},
-        "clean_accuracy": {"value": float(np.mean(drs.predict(data.x, batch_size=100).argmax(1) == data.y))},
-        "robust_accuracy": {
-            **robust_under(soft_vote, data, {"masked_pgd_soft_vote": lambda: data.pgd(soft_vote),
-                                             "masked_apgd_soft_vote": lambda: data.apgd(soft_vote)},
-                           judge=lambda x: drs.predict(x, batch_size=100).argmax(1)),
-            "judged_by": "ART's predict (thresholded column vote); the attacks follow the soft vote (BPDA-style)",
-        },
-        "certified_accuracy_0.4": certified["0.4"],
-        "certified_accuracy_2.4": certified["2.4"],
-    }
+    return certifier_row(drs_estimator(), data, weights("cifar_mask_ds", "trained"),
+                         {"algorithm": "levine2020", "ablation_type": "column", "ablation_size": 4, "threshold": 0.3,
+                          "base": "the band classifier of the Mask-DS checkpoint (robust masking's backbone)"},
+                         "ART's ablator certificate (vote gap > 2 (patch + width - 1))")
 
 
 ROW_FUNCTIONS: dict[str, Callable[[Slice], dict]] = {name: globals()[f"row_{name}"] for name in ROWS}

@@ -9,10 +9,11 @@ normalisation mean. Data: ``--n`` class-balanced shared test images (seed 0).
 - ``certified_accuracy_*``: :meth:`PyTorchPatchCleanser.certify` (every one- and two-mask prediction right);
 - ``seconds_per_image``: ``predict`` (double masking, one-mask predictions first) over ``--timing-n`` images,
   with the torch threads in ``environment``;
-- ``certificate_violations``: ``--attack-n`` certified images (spread over the slice), a 5x5 patch at every
-  placement of a stride-``--attack-stride`` grid (edges included), each from masked PGD against the base classifier
-  (white-box, L-inf eps 1.0, step 0.1, ``--pgd-iter`` iterations): patched images whose double-masking label is
-  not the label (must be 0); ``soundness_attack`` also counts the patches that fool the base classifier.
+- ``certificate_violations``: ``verify_certificates`` (the one soundness attack of the package) on ``--attack-n``
+  certified images (spread over the slice), a 5x5 patch at every placement of a stride-``--attack-stride`` grid
+  (edges included), each from masked PGD against the certifier's attack surrogate, the base classifier (white-box,
+  L-inf eps 1.0, step 0.1, ``--pgd-iter`` iterations, seeded random start): patched images whose double-masking
+  label is not the label (must be 0); ``soundness_attack`` also counts the patches that fool the base classifier.
 
 Run: ``.venv/bin/python benchmarks/patchcleanser_cifar10.py``.
 """
@@ -30,32 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
-from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
-from art_patch_defenses.geometry import all_locations, expand_masks, patch_masks  # noqa: E402
+from art_patch_defenses.evaluation.verify import verify_certificates  # noqa: E402
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.patchcleanser import get_art_model  # noqa: E402
-
-
-def soundness(estimator, x: np.ndarray, y: np.ndarray, certified: np.ndarray, images: int, stride: int,
-              pgd_iter: int) -> dict:
-    """Attack certified images with a 5x5 patch at every grid placement; count labels double masking gets wrong."""
-    base = make_classifier(estimator.model, "cifar_resnet20")
-    placements = all_locations((32, 32), (5, 5), stride)
-    masks = expand_masks(patch_masks((32, 32), (5, 5), placements), x[:1].repeat(len(placements), 0))
-    picks = np.flatnonzero(certified)
-    picks = picks[np.unique(np.linspace(0, len(picks) - 1, min(images, len(picks))).astype(int))]
-    attacked = fooled = violations = 0
-    for i in picks:
-        batch = np.repeat(x[i : i + 1], len(placements), axis=0)
-        x_adv = masked_pgd(base, batch, masks, np.full(len(batch), y[i]), eps=1.0, eps_step=0.1, max_iter=pgd_iter,
-                           batch_size=len(batch), verbose=False)
-        attacked += len(batch)
-        fooled += int(np.sum(base.predict(x_adv).argmax(1) != y[i]))
-        violations += int(np.sum(estimator.robust_labels(x_adv) != y[i]))
-    return {"images": int(len(picks)), "attacked_images": attacked, "fooled_base_classifier": fooled,
-            "violations": violations}
 
 
 def main() -> None:
@@ -78,12 +58,13 @@ def main() -> None:
     results["clean_accuracy_undefended"] = float(np.mean(estimator.predict_base(test.x).argmax(1) == test.y))
     seconds = {}
     start = time.time()
-    certified_5 = estimator.certify(test.x, test.y, 5, verbose=True)
+    certified_5 = estimator.certify(test.x, test.y, verbose=True)
     seconds["certify_5x5"] = round(time.time() - start, 1)
     results["clean_accuracy"] = float(np.mean(certified_5.prediction == test.y))
     results["certified_accuracy_5x5"] = float(certified_5.certified.mean())
     start = time.time()
-    certified_2 = estimator.certify(test.x, test.y, 2, verbose=True)
+    estimator_2 = estimator.for_patch_size(2)  # another patch size: a separately configured certifier
+    certified_2 = estimator_2.certify(test.x, test.y, verbose=True)
     seconds["certify_2x2"] = round(time.time() - start, 1)
     results["clean_accuracy_2x2"] = float(np.mean(certified_2.prediction == test.y))
     results["certified_accuracy_2x2"] = float(certified_2.certified.mean())
@@ -94,8 +75,9 @@ def main() -> None:
     results["seconds_per_image"] = (time.time() - start) / len(timed)
     results["seconds_per_image_certify_5x5"] = seconds["certify_5x5"] / len(test)
     start = time.time()
-    check = soundness(estimator, test.x, test.y, certified_5.certified, args.attack_n, args.attack_stride,
-                      args.pgd_iter)
+    check = verify_certificates(estimator, test.x, test.y, n_certified=args.attack_n, grid_stride=args.attack_stride,
+                                max_iter=args.pgd_iter, eps_step=0.1, batch_size=100, certified=certified_5,
+                                verbose=True)
     seconds["soundness"] = round(time.time() - start, 1)
     results["certificate_violations"] = check["violations"]
     results["soundness_attack"] = check
@@ -104,14 +86,16 @@ def main() -> None:
     config = {
         "model": "cifar_resnet20", "weights": path.name, "weights_sha256": weights_sha256,
         "masks": {"masks_per_axis": 6, "fill": "normalisation mean (zero in the normalised input)",
-                  "mask_side_5x5": int(estimator.masks_for(5)[0].sum(0).max()),
-                  "mask_side_2x2": int(estimator.masks_for(2)[0].sum(0).max())},
+                  "mask_side_5x5": int(estimator.masks()[0].sum(0).max()),
+                  "mask_side_2x2": int(estimator_2.masks()[0].sum(0).max())},
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
         "patches": {"certified": [[5, 5], [2, 2]], "area_fractions": [25 / 1024, 4 / 1024]},
         "soundness_attack": {
-            "implementation": "art.attacks.evasion.ProjectedGradientDescent with a per-sample mask, against the base "
-                              "classifier", "norm": "inf", "eps": 1.0, "eps_step": 0.1, "max_iter": args.pgd_iter,
-            "placements": f"every placement of a stride-{args.attack_stride} grid, edges included",
+            "implementation": "art_patch_defenses.evaluation.verify.verify_certificates: masked PGD (ART "
+                              "ProjectedGradientDescent, per-sample mask) against the attack surrogate (the base "
+                              "classifier), judged by double masking", "norm": "inf", "eps": 1.0, "eps_step": 0.1,
+            "max_iter": args.pgd_iter, "placements": f"every placement of a stride-{args.attack_stride} grid, edges "
+                                                     "included",
             "images": f"{args.attack_n} certified (5x5) images spread over the slice"},
         "timing": f"seconds_per_image: predict (double masking) on {len(timed)} images of the slice, one call",
     }

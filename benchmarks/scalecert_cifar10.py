@@ -10,10 +10,11 @@ test images (seed 0). Patch 5x5 (2.4%) and 2x2 (0.4%), r = 3.
 - ``candidate_windows_mean``: occluded copies run per image (merged windows meeting R), 5x5;
   ``candidate_windows_full``: the unfiltered, unmerged count of p + r - 1 windows (what MR would run);
 - ``seconds_per_image``: wall time of ``certify`` (5x5) over the slice, with the torch threads in ``environment``;
-- ``certificate_violations``: ``--attack-n`` certified images (spread evenly), a 5x5 patch at every placement on a grid
-  of stride ``--attack-stride`` (edges included), each patch from masked PGD against the sparse model (white-box,
-  L-inf eps 1.0, step 0.1, ``--pgd-iter`` iterations): attacked images the detector labels wrongly without an
-  alert (must be 0); ``soundness_attack`` also counts the patches that fool the sparse model and the alerts;
+- ``certificate_violations``: ``verify_certificates`` (the one soundness attack of the package) on ``--attack-n``
+  certified images (spread evenly), a 5x5 patch at every placement on a grid of stride ``--attack-stride`` (edges
+  included), each patch from masked PGD against the attack surrogate, the sparse model (white-box, L-inf eps 1.0,
+  step 0.1, ``--pgd-iter`` iterations, seeded random start): attacked images the detector labels wrongly without
+  an alert (must be 0); ``soundness_attack`` also counts the patches that fool the sparse model and the alerts;
 - ``by_top_k_and_tau``: the paper's tables 3-4 (5x5 patch) on ``--table-n`` images, every k-th of the slice (one
   model serves every top-k: it was fine-tuned with k drawn from 0.1, 0.15, 0.2 per batch).
 
@@ -33,34 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
-from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
-from art_patch_defenses.geometry import all_locations, expand_masks, patch_masks  # noqa: E402
+from art_patch_defenses.evaluation.verify import verify_certificates  # noqa: E402
+from art_patch_defenses.geometry import all_locations  # noqa: E402
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.scalecert import get_art_model  # noqa: E402
-
-
-def soundness(estimator, x: np.ndarray, y: np.ndarray, certified: np.ndarray, images: int, stride: int,
-              pgd_iter: int) -> dict:
-    """Attack certified images with a 5x5 patch at every grid placement; count silent failures."""
-    sparse_model = make_classifier(estimator.model, "cifar_resnet20")
-    placements = all_locations((32, 32), (5, 5), stride)
-    masks = expand_masks(patch_masks((32, 32), (5, 5), placements), x[:1].repeat(len(placements), 0))
-    attacked = failures = fooled = alerts = 0
-    picks = np.flatnonzero(certified)
-    picks = picks[np.unique(np.linspace(0, len(picks) - 1, min(images, len(picks))).astype(int))]
-    for i in picks:  # spread over the slice, which is sorted by class
-        batch = np.repeat(x[i : i + 1], len(placements), axis=0)
-        x_adv = masked_pgd(sparse_model, batch, masks, np.full(len(batch), y[i]), eps=1.0, eps_step=0.1,
-                           max_iter=pgd_iter, batch_size=len(batch), verbose=False)
-        found = estimator.detect(x_adv)
-        attacked += len(batch)
-        fooled += int(np.sum(found.base_prediction != y[i]))
-        alerts += int(np.sum(found.alert))
-        failures += int(np.sum((found.prediction != y[i]) & ~found.alert))
-    return {"images": len(picks), "attacked_images": attacked, "fooled_sparse_model": fooled,
-            "alerts": alerts, "silent_failures": failures}
 
 
 def main() -> None:
@@ -85,25 +64,27 @@ def main() -> None:
     results["clean_accuracy_vanilla"] = float(np.mean(estimator.predict_base(test.x).argmax(1) == test.y))
 
     start = time.time()
-    certified_5 = estimator.certify(test.x, test.y, 5, verbose=True)
+    certified_5 = estimator.certify(test.x, test.y, verbose=True)
     results["seconds_per_image"] = (time.time() - start) / len(test)
     results["clean_accuracy"] = float(np.mean(certified_5.prediction == test.y))
     results["certified_detection_accuracy_5x5"] = float(certified_5.certified.mean())
     results["alert_rate_clean_5x5"] = float(certified_5.alert.mean())
-    certified_2 = estimator.certify(test.x, test.y, 2, verbose=True)
+    estimator_2 = estimator.for_patch_size(2)  # another patch size: a separately configured certifier
+    certified_2 = estimator_2.certify(test.x, test.y, verbose=True)
     results["clean_accuracy_2x2"] = float(np.mean(certified_2.prediction == test.y))
     results["certified_detection_accuracy_2x2"] = float(certified_2.certified.mean())
-    windows = estimator.windows_for(5)
-    results["candidate_windows_mean"] = float(estimator.candidate_windows(test.x, 5).mean())
+    windows = estimator.windows_for()
+    results["candidate_windows_mean"] = float(estimator.candidate_windows(test.x).mean())
     results["candidate_windows_full"] = int(windows.unmerged_count)
     results["merged_windows_full"] = int(len(windows.boxes))
-    results["candidate_windows_mean_2x2"] = float(estimator.candidate_windows(test.x, 2).mean())
-    results["merged_windows_full_2x2"] = int(len(estimator.windows_for(2).boxes))
+    results["candidate_windows_mean_2x2"] = float(estimator_2.candidate_windows(test.x).mean())
+    results["merged_windows_full_2x2"] = int(len(estimator_2.windows_for().boxes))
 
     start = time.time()
-    check = soundness(estimator, test.x, test.y, certified_5.certified, args.attack_n, args.attack_stride,
-                      args.pgd_iter)
-    results["certificate_violations"] = check["silent_failures"]
+    check = verify_certificates(estimator, test.x, test.y, n_certified=args.attack_n, grid_stride=args.attack_stride,
+                                max_iter=args.pgd_iter, eps_step=0.1, batch_size=100, certified=certified_5,
+                                verbose=True)
+    results["certificate_violations"] = check["violations"]
     results["soundness_attack"] = {**check, "seconds": round(time.time() - start, 1)}
 
     table = []
@@ -113,14 +94,14 @@ def main() -> None:
         for tau in (0.3, 0.5, 0.6):
             estimator.set_params(top_k=top_k, tau=tau)
             start = time.time()
-            result = estimator.certify(x, y, 5)
+            result = estimator.certify(x, y)
             seconds = (time.time() - start) / len(x)
-            windows = estimator.windows_for(5)
+            windows = estimator.windows_for()
             row = {"top_k": top_k, "tau": tau,
                    "clean_accuracy_vanilla": float(np.mean(estimator.predict_base(x).argmax(1) == y)),
                    "clean_accuracy": float(np.mean(result.prediction == y)),
                    "certified_detection_accuracy_5x5": float(result.certified.mean()),
-                   "candidate_windows_mean": float(estimator.candidate_windows(x, 5).mean()),
+                   "candidate_windows_mean": float(estimator.candidate_windows(x).mean()),
                    "merged_windows_full": int(len(windows.boxes)),
                    "occluding_window_side": int(windows.boxes[0, 1] - windows.boxes[0, 0]),
                    "seconds_per_image": seconds}
@@ -134,8 +115,9 @@ def main() -> None:
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
         "table_data": f"every {max(1, args.n // args.table_n)}-th image of that slice ({args.table_n}, balanced)",
         "soundness_attack": {
-            "implementation": "art.attacks.evasion.ProjectedGradientDescent (masked_pgd) with a per-sample mask, "
-            "white-box against the sparse (SIN) model the detector runs; then PyTorchScaleCert.detect",
+            "implementation": "art_patch_defenses.evaluation.verify.verify_certificates: masked PGD (ART "
+            "ProjectedGradientDescent, per-sample mask) against the attack surrogate, the sparse (SIN) model the "
+            "detector runs; judged by the detector's predict (an alert is not a violation)",
             "patch": "5x5 px (2.4%)", "eps": 1.0, "eps_step": 0.1, "max_iter": args.pgd_iter,
             "placements": f"every placement on a stride-{args.attack_stride} grid, edges included "
                           f"({len(all_locations((32, 32), (5, 5), args.attack_stride))} per image)",

@@ -50,7 +50,7 @@ def main() -> None:
         file, n, placements, max_iter, batch_size = CERTIFIERS[name]
         config = load_config(CONFIGS / file)["scenarios"][0]
         test = load_dataset("cifar10", "test", n=n, seed=0)
-        report = verify_certificates(build_estimator(config), test.x, test.y, 5, n_certified=args.n_certified,
+        report = verify_certificates(build_estimator(config), test.x, test.y, n_certified=args.n_certified,
                                      placements=placements, max_iter=max_iter, eps_step=0.1,
                                      batch_size=batch_size)
         report["command"] = "python " + " ".join(sys.argv)

@@ -42,7 +42,7 @@ def main() -> None:
     x_adv = masked_pgd(base, x, expand_masks(true_masks, x), y, eps=1.0, eps_step=0.05, max_iter=50,
                        num_random_init=0, verbose=False)
     found = estimator.localize(x_adv)
-    result = estimator.certify(x_adv, np.stack([f.mask for f in found]), seed=0)
+    result = estimator.certify(x_adv, mask=np.stack([f.mask for f in found]), seed=0)
     names = data.class_names
     fig, axes = plt.subplots(args.n, 4, figsize=(8.4, 2.2 * args.n))
     for i, f in enumerate(found):

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from art_patch_defenses.attacks import masked_pgd
 from art_patch_defenses.attacks.eot import masked_pgd_eot
-from art_patch_defenses.certification import REGION_L2, CertificationResult, CertifierMixin
+from art_patch_defenses.certification import ABSTAIN, REGION_L2, CertificationResult, CertifierMixin
 from art_patch_defenses.geometry import all_locations, expand_masks, patch_masks, random_locations
 from art_patch_defenses.validation import check_labels
 
@@ -67,7 +67,8 @@ def verify_certificates(
     :param certified: the result of this certifier's own ``certify(x, y)``, to reuse instead of certifying again
         (recovery and detection certificates; a region-L2 certificate is computed per placement).
     :return: counts: ``certified_available`` (of ``len(x)``), ``samples`` (certified samples attacked),
-        ``attacked`` (samples x placements), ``fooled_base``, ``violations``, ``conclusive``, the attack and budget.
+        ``attacked`` (samples x placements), ``fooled_base``, ``abstained`` (attacked outputs that abstained or
+        alerted), ``violations``, ``conclusive``, the attack and budget.
     """
     certifier = require_certifier(estimator)
     certifier._own_patch_size(patch_size)
@@ -108,7 +109,7 @@ def _verify_patch_certificate(certifier, x, y, shape, n_certified, placements, p
     certified = (result or certifier.certify(x, y)).certified
     picks = _spread(np.flatnonzero(certified), n_certified)
     surrogate = certifier.attack_surrogate()
-    fooled = violations = 0
+    fooled = violations = abstained = 0
     per_batch = max(1, batch_size // placements)
     image_hw = tuple(x.shape[2:])
     for start in tqdm(range(0, len(picks), per_batch), desc="verify", disable=not verbose):
@@ -118,10 +119,12 @@ def _verify_patch_certificate(certifier, x, y, shape, n_certified, placements, p
         x_adv = masked_pgd(surrogate, images, masks, labels, eps=1.0, eps_step=eps_step, max_iter=max_iter,
                            num_random_init=1, batch_size=len(chosen), verbose=False, seed=seed + start)
         fooled += int(np.sum(certifier.predict_base(x_adv).argmax(1) != labels))
-        violations += int(np.sum(certifier.violates(certifier.predict_labels(x_adv), labels)))
+        defended = certifier.predict_labels(x_adv)
+        abstained += int(np.sum(defended == ABSTAIN))
+        violations += int(np.sum(certifier.violates(defended, labels)))
     return {"certified_available": int(certified.sum()), "samples": int(len(picks)),
             "placements_per_sample": placements, "attacked": int(len(picks) * placements),
-            "fooled_base": fooled, "violations": violations,
+            "fooled_base": fooled, "abstained": abstained, "violations": violations,
             "attack": {"name": f"masked PGD against {type(surrogate).__name__} (attack_surrogate), judged by "
                                "the certifier's predict", "norm": "inf", "eps": 1.0, "eps_step": eps_step,
                        "max_iter": max_iter, "num_random_init": 1, "random_start_seed": f"{seed} + batch offset"}}
@@ -132,7 +135,7 @@ def _verify_region_l2(certifier, x, y, shape, n_certified, placements, places, m
     """Certify each image with each placement's patch region as its region, attack inside 0.99 x the radius
     (L2, EOT over the noise), and re-classify in that region with fresh noise."""
     image_hw = tuple(x.shape[2:])
-    certified = samples = fooled = violations = attacked = scanned = 0
+    certified = samples = fooled = violations = attacked = scanned = abstained = 0
     for i in tqdm(range(len(x)), desc="verify", disable=not verbose):
         if samples >= n_certified:
             break
@@ -153,10 +156,11 @@ def _verify_region_l2(certifier, x, y, shape, n_certified, placements, places, m
             attacked += 1
             fooled += int(certifier.predict_base(x_adv).argmax(1)[0] != y[i])
             outcome = certifier.predict_labels(x_adv, mask=masks[k : k + 1], seed=seed + i + 1)
+            abstained += int(outcome[0] == ABSTAIN)
             violations += int(certifier.violates(outcome, labels[k : k + 1])[0])
     return {"certified_available": certified, "certified_available_of": scanned, "samples": samples,
             "placements_per_sample": placements, "attacked": attacked, "fooled_base": fooled,
-            "violations": violations,
+            "abstained": abstained, "violations": violations,
             "attack": {"name": "L2 masked PGD with EOT over the noise inside the region (attacks.eot.masked_pgd_eot)",
                        "norm": 2, "eps": "0.99 x certified radius", "eps_step": "radius / 4", "max_iter": max_iter,
                        "eot_samples": 8, "check": "the certifier's predict in the region, fresh noise"}}
