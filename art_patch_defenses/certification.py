@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from art_patch_defenses.validation import check_images, check_labels
+from art_patch_defenses.validation import CheckedInputsMixin, check_labels
 
 #: The label of an abstention or an alert.
 ABSTAIN = -1
@@ -103,11 +103,11 @@ def base_classifier(estimator, model=None):
     return PyTorchClassifier(**params)
 
 
-class CertifierMixin:
-    """The certifier protocol, written once: checks, ``certify``, ``eval_and_certify``, ``set_params`` with
-    rollback. A certifier implements :meth:`_certify`, :meth:`predict_base`, :meth:`attack_surrogate` and
-    :meth:`_check_certifier_params`, and sets :attr:`certificate_kind`, :attr:`certifier_params` and, if its
-    ``predict`` can abstain, :attr:`abstains`.
+class CertifierMixin(CheckedInputsMixin):
+    """The certifier protocol, written once: the input contract (:class:`CheckedInputsMixin`), ``certify``,
+    ``eval_and_certify``, ``set_params`` with rollback. A certifier implements :meth:`_certify`,
+    :meth:`predict_base`, :meth:`attack_surrogate` and :meth:`_check_certifier_params`, and sets
+    :attr:`certificate_kind`, :attr:`certifier_params` and, if its ``predict`` can abstain, :attr:`abstains`.
     """
 
     #: What the certificate means: one of :data:`CERTIFICATE_KINDS`.
@@ -139,18 +139,6 @@ class CertifierMixin:
         raise NotImplementedError
 
     # --- the protocol --------------------------------------------------------------------------------------
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        """The shape of one input image in the estimator's layout."""
-        return tuple(self.input_shape)
-
-    def check_inputs(self, x: np.ndarray, name: str = "x", clip: bool = True) -> np.ndarray:
-        """``x`` checked against the estimator (layout, shape, finite values, within ``clip_values`` unless
-        ``clip=False``) as float32."""
-        check_images(x, name, input_shape=self.image_shape, clip_values=self.clip_values if clip else None,
-                     channels_first=self.channels_first)
-        return x.astype(np.float32, copy=False)
 
     def _own_patch_size(self, patch_size: Any, argument: str = "patch_size") -> None:
         own = getattr(self, "patch_size", None)

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art_patch_defenses.mrs.smoothing import masked_noise
-from art_patch_defenses.validation import check_images, check_labels
+from art_patch_defenses.validation import check_estimator_inputs, check_labels
 
 
 def _noisy(x: np.ndarray, noise_mask: np.ndarray, sigma: float, generator: torch.Generator) -> np.ndarray:
@@ -54,7 +54,7 @@ def masked_pgd_eot(
     :param norm: ``np.inf`` (or ``"inf"``) or ``2``; ``eps`` and ``eps_step`` in [0, 1] pixel units.
     :return: adversarial images, equal to ``x`` outside ``mask``.
     """
-    check_images(x, "x", clip_values=(0.0, 1.0))
+    x = check_estimator_inputs(estimator, x)
     y = check_labels(y, len(x), estimator.nb_classes)
     norm = np.inf if norm in ("inf", np.inf) else norm
     if norm not in (np.inf, 2):

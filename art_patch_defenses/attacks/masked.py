@@ -21,7 +21,7 @@ from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 from tqdm.auto import tqdm
 
-from art_patch_defenses.validation import check_images, check_labels
+from art_patch_defenses.validation import check_estimator_inputs, check_labels
 
 ART_PREDICT_BATCH = 128
 
@@ -70,7 +70,7 @@ def masked_pgd(
     :param seed: seeds ART's random start (it draws from numpy's global generator), so a rerun is identical.
     :return: adversarial images equal to ``x`` outside the mask.
     """
-    check_images(x, "x", clip_values=estimator.clip_values, channels_first=estimator.channels_first)
+    x = check_estimator_inputs(estimator, x)
     mask = _check_masks(mask, x)
     if seed is not None:
         seed_art_random_start(seed)
@@ -176,7 +176,7 @@ class MaskedAutoPGD(EvasionAttack):
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
         """Attack ``x`` inside ``mask`` (``x``-shaped, 1 on the patch); the result equals ``x`` outside it."""
-        check_images(x, "x", clip_values=self.estimator.clip_values, channels_first=self.estimator.channels_first)
+        x = check_estimator_inputs(self.estimator, x)
         if mask is None:
             raise ValueError("mask is required: MaskedAutoPGD perturbs only the patch pixels")
         mask = _check_masks(mask, x)

@@ -21,7 +21,7 @@ from art.attacks.evasion import AdversarialPatchPyTorch
 from tqdm.auto import trange
 
 from art_patch_defenses.geometry import PatchSize, paste_patch, patch_shape, random_locations
-from art_patch_defenses.validation import check_images, check_labels
+from art_patch_defenses.validation import check_estimator_inputs, check_labels
 
 
 def _attack_labels(estimator, x: np.ndarray, y: np.ndarray | None, target: int | None) -> tuple[np.ndarray, bool]:
@@ -55,7 +55,7 @@ def adversarial_patch(
     :param max_iter: passes over ``x`` (ART's ``max_iter`` counts epochs of its data loader, not steps).
     :return: the patch, ``(C, h, w)`` in [0, 1].
     """
-    check_images(x, "x", input_shape=estimator.input_shape, clip_values=estimator.clip_values)
+    x = check_estimator_inputs(estimator, x)
     labels, targeted = _attack_labels(estimator, x, y, target)
     _, height, width = estimator.input_shape
     shape = patch_shape(patch_size, (height, width))
@@ -112,7 +112,7 @@ def lavan_patch(
 
     :return: the patch, ``(C, h, w)`` in [0, 1].
     """
-    check_images(x, "x", input_shape=estimator.input_shape, clip_values=estimator.clip_values)
+    x = check_estimator_inputs(estimator, x)
     labels, targeted = _attack_labels(estimator, x, y, target)
     channels, height, width = estimator.input_shape
     shape = patch_shape(patch_size, (height, width))

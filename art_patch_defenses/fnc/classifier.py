@@ -24,13 +24,13 @@ from art_patch_defenses.fnc.clipping import (
     set_alpha,
 )
 from art_patch_defenses.models.registry import classifier_params
-from art_patch_defenses.validation import check_images
+from art_patch_defenses.validation import CheckedInputsMixin, check_images
 
 #: The paper's clipping parameter on CIFAR-10, the default for new FNC layers.
 DEFAULT_ALPHA = 1.2
 
 
-class PyTorchFNCClassifier(PyTorchClassifier):
+class PyTorchFNCClassifier(CheckedInputsMixin, PyTorchClassifier):
     """A ``PyTorchClassifier`` with an FNC layer after each cascaded module of ``model``.
 
     Paper: Yu et al., "Defending against Universal Adversarial Patches by Clipping Feature Norms", ICCV 2021.
@@ -42,9 +42,10 @@ class PyTorchFNCClassifier(PyTorchClassifier):
         Default: 1.2 for new layers; a model that already carries FNC layers keeps their (common) alpha.
     :param n_fnc: number of FNC layers (the last block and the rest evenly spaced); default all blocks.
     :param insertion_points: module names to clip after, for architectures not found by type.
-    The other arguments are :class:`art.estimators.classification.PyTorchClassifier`'s. An ``optimizer`` bound
-    to an undefended ``model``'s parameters is re-created (same type and settings) for the copy; with a model
-    that already carries FNC layers it is used as given.
+    The other arguments are :class:`art.estimators.classification.PyTorchClassifier`'s; ``predict``,
+    ``loss_gradient`` and ``fit`` check their inputs (:class:`~art_patch_defenses.validation.CheckedInputsMixin`).
+    An ``optimizer`` bound to an undefended ``model``'s parameters is re-created (same type and settings) for the
+    copy; with a model that already carries FNC layers it is used as given.
     """
 
     estimator_params = PyTorchClassifier.estimator_params + ["alpha", "n_fnc", "insertion_points"]

@@ -166,13 +166,19 @@ def weights_path(name: str, weights: str | Path) -> Path:
     return path
 
 
-def build_model(name: str, weights: str | Path | None = None) -> nn.Module:
-    """Build registered model ``name`` in eval mode, loading ``weights`` (a tag, a path, or None/"none")."""
+def build_model(name: str, weights: str | Path | None = None, sha256: str | None = None) -> nn.Module:
+    """Build registered model ``name`` in eval mode, loading ``weights`` (a tag, a path, or None/"none").
+
+    :param sha256: the expected digest of the weights file; weights given by path outside ``checkpoints/`` are
+        otherwise unchecked. A mismatch is a ``ValueError`` naming the file and both digests.
+    """
     spec = get_spec(name)
     path = weights_path(name, weights) if weights is not None and weights != NO_WEIGHTS else None
+    if path is None and sha256 is not None:
+        raise ValueError(f"sha256 was given but model {name!r} is built without weights")
     model = spec.factory()
     if path is not None:
-        load_weights(model, path)
+        load_weights(model, path, sha256)
     return model.eval()
 
 
@@ -184,13 +190,14 @@ def make_classifier(
     """Wrap ``model`` in an ART ``PyTorchClassifier`` with clip values (0, 1) and the model's normalisation.
 
     Values not given are taken from the registry entry ``name``. The returned classifier takes NCHW float
-    inputs in [0, 1]; normalisation is ART's ``preprocessing=(mean, std)``, so attacks see raw pixels.
+    inputs in [0, 1] and checks them (:class:`~art_patch_defenses.models.checked.CheckedPyTorchClassifier`);
+    normalisation is ART's ``preprocessing=(mean, std)``, so attacks see raw pixels.
     ``estimator_class`` (a ``PyTorchClassifier`` subclass, e.g. a certifier) and its own keyword arguments
     replace the plain classifier.
     """
-    from art.estimators.classification import PyTorchClassifier
+    from art_patch_defenses.models.checked import CheckedPyTorchClassifier
 
-    estimator_class = estimator_class or PyTorchClassifier
+    estimator_class = estimator_class or CheckedPyTorchClassifier
 
     if name is not None:
         spec = get_spec(name)
@@ -223,8 +230,8 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
                   weights_path: str | None = None) -> PyTorchClassifier:
     """Armory-style model factory: ``model_kwargs["name"]`` names a registered model.
 
-    ``weights_path`` (or ``model_kwargs["weights"]``) is a tag or a file; ``wrapper_kwargs`` go to
-    :func:`make_classifier` (e.g. ``device_type``).
+    ``weights_path`` (or ``model_kwargs["weights"]``) is a tag or a file, ``model_kwargs["weights_sha256"]`` its
+    expected sha256 (checked on load); ``wrapper_kwargs`` go to :func:`make_classifier` (e.g. ``device_type``).
     """
     return wrap_registered_model(model_kwargs, wrapper_kwargs, weights_path)
 
@@ -233,8 +240,8 @@ def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None
                           estimator_class: type | None = None, settings: tuple[str, ...] = ()) -> PyTorchClassifier:
     """What every Armory-style factory does: build ``model_kwargs["name"]`` with its weights and wrap it.
 
-    ``settings`` are the keys of ``model_kwargs`` passed on to ``estimator_class``; any other key is refused,
-    naming the known ones.
+    ``settings`` are the keys of ``model_kwargs`` passed on to ``estimator_class``; ``weights_sha256`` is the
+    expected sha256 of the weights file; any other key is refused, naming the known ones.
     """
     model_kwargs = dict(model_kwargs)
     name = model_kwargs.pop("name", None)
@@ -242,11 +249,12 @@ def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None
         raise ValueError(f"model_kwargs needs 'name', one of {', '.join(sorted(MODEL_REGISTRY))}")
     weights = model_kwargs.pop("weights", None)  # popped even when weights_path overrides it
     weights = weights_path or weights
+    sha256 = model_kwargs.pop("weights_sha256", None)
     chosen = {key: model_kwargs.pop(key) for key in settings if key in model_kwargs}
     if model_kwargs:
-        known = ", ".join(["name", "weights", *settings])
+        known = ", ".join(["name", "weights", "weights_sha256", *settings])
         raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: {known}")
-    return make_classifier(build_model(name, weights), name, estimator_class=estimator_class,
+    return make_classifier(build_model(name, weights, sha256), name, estimator_class=estimator_class,
                            **(wrapper_kwargs or {}), **chosen)
 
 

@@ -127,6 +127,16 @@ class PatchZero(PreprocessorPyTorch):
                 f"input has {x.shape[1]} channels in {layout} layout, fill_value has {len(self.fill_value)}; "
                 "check channels_first"
             )
+        if x.shape[0] == 0:
+            raise ValueError(f"PatchZero got an empty batch (shape {tuple(x.shape)})")
+        # PatchZero runs before the estimator's normalisation: on images in [0, 1]. Anything else would be
+        # repainted and classified silently wrong, so refuse it.
+        if not bool(torch.isfinite(x.detach()).all()):
+            raise ValueError("PatchZero input contains NaN or infinite values")
+        low, high = float(x.detach().min()), float(x.detach().max())
+        if low < -1e-6 or high > 1 + 1e-6:
+            raise ValueError(f"PatchZero input has values in [{low:.4g}, {high:.4g}], outside [0, 1] (images are "
+                             "expected as floats in [0, 1], not 0-255, before normalisation)")
         return x
 
     def _back(self, x: torch.Tensor) -> torch.Tensor:
