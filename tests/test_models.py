@@ -107,7 +107,7 @@ def test_open_run_log_keeps_the_earlier_log_when_a_run_continues(tmp_path):
     from art_patch_defenses.models.checkpoints import open_run_log, sha256_of
 
     out = tmp_path / "model.pt"
-    out.write_bytes(b"weights")
+    save_checkpoint(torch.nn.Linear(2, 2), out)  # a readable checkpoint: open_run_log checks the one it continues
     log, previous = open_run_log(out, "train --fresh")
     log("epoch 1")
     assert previous is None and out.with_suffix(".log").read_text().splitlines()[0] == "command: train --fresh"
@@ -231,3 +231,310 @@ def test_models_builds_mask_ds_as_robust_masking_does():
         first = resnet.conv1(normalise(x, CIFAR10_MEAN, CIFAR10_STD))
         second = ds_base_from(resnet, CIFAR10_MEAN, CIFAR10_STD).conv1(torch.cat([x, 1 - x], dim=1))
     torch.testing.assert_close(first[:, :, 1:-1, 1:-1], second[:, :, 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
+
+
+# --- Checkpoint files that cannot be used say so, naming the file ---------------------------------------------------
+
+class NotATensor:
+    """A Python object in a checkpoint: the weights-only unpickler refuses it."""
+
+
+def damaged_checkpoints(tmp_path):
+    """(file, the message it must give) for files that are not usable checkpoints."""
+    from art_patch_defenses.models import MnistCNN
+
+    tmp_path.mkdir(exist_ok=True)
+    good = tmp_path / "good.pt"
+    save_checkpoint(MnistCNN(), good)
+    files = {"empty.pt": b"", "truncated.pt": good.read_bytes()[: good.stat().st_size // 2],
+             "text.pt": b"these are not weights\n"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save({"state_dict": MnistCNN().state_dict(), "extra": NotATensor()}, tmp_path / "pickled.pt")
+    return [
+        (tmp_path / "missing.pt", "checkpoint not found: {path}"),
+        (tmp_path / "empty.pt", r"checkpoint {path} is empty \(0 bytes\)"),
+        (tmp_path / "truncated.pt", "checkpoint {path} is truncated or corrupt"),
+        (tmp_path / "text.pt", "checkpoint {path} is (truncated or corrupt|corrupt or not a torch checkpoint)"),
+        (tmp_path / "pickled.pt", r"checkpoint {path} is not a plain state dict \(tensors only\) and was refused: "
+                                  r"it holds a Python object \(test_models.NotATensor\)"),
+    ]
+
+
+def test_unusable_checkpoint_files_name_the_file_and_the_problem(tmp_path):
+    import re
+    import traceback
+
+    for path, message in damaged_checkpoints(tmp_path):
+        with pytest.raises((ValueError, FileNotFoundError)) as error:
+            build_model("mnist_cnn", path)
+        assert re.search(message.format(path=re.escape(str(path))), str(error.value)), str(error.value)
+        shown = "".join(traceback.format_exception(error.value))
+        assert "weights_only=False" not in shown and "`weights_only` set to `False`" not in shown, shown
+
+
+def test_a_checkpoint_for_another_model_lists_missing_unexpected_and_mis_shaped_keys(tmp_path):
+    from art_patch_defenses.models import MnistCNN
+
+    state = MnistCNN().state_dict()
+    first, second = list(state)[:2]
+    del state[first]
+    state["head.extra"] = torch.zeros(3)
+    state[second] = torch.zeros(7, 7)
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(ValueError) as error:
+        build_model("mnist_cnn", path)
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {path} does not match MnistCNN: ")
+    assert f"1 missing keys: {first}" in message and "1 unexpected keys: head.extra" in message
+    assert f"1 shape mismatches: {second} (checkpoint (7, 7), model {tuple(MnistCNN().state_dict()[second].shape)})" \
+        in message
+
+
+def test_weights_by_path_are_checked_against_a_given_sha256(tmp_path):
+    from art_patch_defenses.models import MnistCNN, get_art_model
+
+    path = tmp_path / "weights" / "mine.pt"
+    digest = save_checkpoint(MnistCNN(), path)
+    build_model("mnist_cnn", path, sha256=digest)
+    build_model("mnist_cnn", str(path), sha256=f" {digest.upper()} ")
+    wrong = "ab" * 32
+    with pytest.raises(ValueError, match=f"checkpoint {path}: sha256 mismatch, expected {wrong} \\(given\\), "
+                                         f"actual {digest}; refusing to load it"):
+        build_model("mnist_cnn", path, sha256=wrong)
+    with pytest.raises(ValueError, match="a sha256 is 64 hex digits, got 'abc'"):
+        build_model("mnist_cnn", path, sha256="abc")
+    with pytest.raises(ValueError, match="sha256 was given but model 'mnist_cnn' is built without weights"):
+        build_model("mnist_cnn", "none", sha256=digest)
+    classifier = get_art_model({"name": "mnist_cnn", "weights": str(path), "weights_sha256": digest})
+    assert classifier.nb_classes == 10
+    with pytest.raises(ValueError, match=f"expected {wrong} \\(given\\), actual {digest}"):
+        get_art_model({"name": "mnist_cnn", "weights_sha256": wrong}, weights_path=str(path))
+    with pytest.raises(ValueError, match=r"unknown model_kwargs \['weights_sha'\]; known: name, weights, "
+                                         r"weights_sha256"):
+        get_art_model({"name": "mnist_cnn", "weights": str(path), "weights_sha": digest})
+
+
+def test_a_given_sha256_does_not_replace_the_record_of_a_project_checkpoint(tmp_path, monkeypatch):
+    from art_patch_defenses.models import MnistCNN
+    from art_patch_defenses.models.checkpoints import record_checkpoint
+
+    monkeypatch.setenv("ART_PATCH_DEFENSES_CHECKPOINTS", str(tmp_path))
+    path = tmp_path / "model.pt"
+    record_checkpoint(tmp_path / "checkpoints.json", path.name, {"sha256": save_checkpoint(MnistCNN(), path)}, "test")
+    replaced = save_checkpoint(MnistCNN(), path)  # the file changed, its record did not
+    with pytest.raises(ValueError, match="recorded in checkpoints.json"):
+        build_model("mnist_cnn", path, sha256=replaced)
+
+
+def test_a_broken_checkpoint_record_is_named(tmp_path, monkeypatch):
+    from art_patch_defenses.models import MnistCNN
+
+    monkeypatch.setenv("ART_PATCH_DEFENSES_CHECKPOINTS", str(tmp_path))
+    save_checkpoint(MnistCNN(), tmp_path / "model.pt")
+    (tmp_path / "checkpoints.json").write_text('{"model.pt": {"sha2')  # cut off mid-write
+    with pytest.raises(ValueError, match=f"the checkpoint record {tmp_path / 'checkpoints.json'} cannot be read"):
+        build_model("mnist_cnn", tmp_path / "model.pt")
+
+
+def test_save_checkpoint_never_leaves_a_half_written_file(tmp_path, monkeypatch):
+    from art_patch_defenses.models import MnistCNN
+
+    path = tmp_path / "model.pt"
+    digest = save_checkpoint(MnistCNN(), path)
+    real_save = torch.save
+
+    def interrupted(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(MnistCNN(), path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sha256_of(path) == digest and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_open_run_log_checks_the_starting_checkpoint_before_renaming_the_log(tmp_path):
+    from art_patch_defenses.models.checkpoints import open_run_log
+
+    out = tmp_path / "model.pt"
+    out.with_suffix(".log").write_text("the earlier run\n")
+    (tmp_path / "bad.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'bad.pt'} is empty"):
+        open_run_log(out, "train --init bad.pt", init=tmp_path / "bad.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "model.log"]
+    assert out.with_suffix(".log").read_text() == "the earlier run\n"
+
+
+# --- Training commands check everything before they touch a log or a checkpoint -------------------------------------
+
+#: (module, options that make the rest of the command valid, the option naming the starting checkpoint).
+TRAINING_COMMANDS = [
+    ("art_patch_defenses.patchcleanser.train", [], "--init"),
+    ("art_patch_defenses.scalecert.train", [], "--init"),
+    ("art_patch_defenses.mrs.train", [], "--init"),
+    ("art_patch_defenses.robust_masking.train", [], "--init"),
+    ("art_patch_defenses.patchzero.train", [], "--init-from"),
+    ("art_patch_defenses.models.finetune", ["--depth", "20"], "--init"),
+    ("art_patch_defenses.models.train_embedded", [], None),
+    ("art_patch_defenses.patchcleanser.train_embedded", [], None),
+    ("art_patch_defenses.scalecert.train_embedded", [], None),
+    ("art_patch_defenses.robust_masking.train_embedded", [], None),
+]
+
+
+def snapshot(folder):
+    """Every file under ``folder`` by relative path, with its sha256 (the bytes, compared)."""
+    return {str(p.relative_to(folder)): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def committed_checkpoints_untouched():
+    """Fails the test if any file in the project's ``checkpoints/`` (weights, logs, record) changed or appeared."""
+    before = snapshot(checkpoints_dir())
+    yield
+    assert snapshot(checkpoints_dir()) == before, "a training command touched checkpoints/"
+
+
+def run_command(module, argv, capsys):
+    """Run a training command's ``main`` in this process; its exit status (0 if it returned) and stderr."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    try:
+        main(argv)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, extra, init_option", [c for c in TRAINING_COMMANDS if c[2]])
+def test_a_bad_starting_checkpoint_stops_a_training_command_before_any_log_is_touched(
+        tmp_path, capsys, committed_checkpoints_untouched, module, extra, init_option):
+    import re
+
+    out = tmp_path / "out" / "model.pt"
+    out.parent.mkdir()
+    out.with_suffix(".log").write_text("the earlier run\n")
+    for path, message in damaged_checkpoints(tmp_path / "bad"):
+        argv = [*extra, init_option, str(path), "--out", str(out)]
+        pattern = message.format(path=re.escape(str(path)))
+        if module.endswith("finetune"):  # its checks live in finetune_cifar_resnet, which raises
+            with pytest.raises((ValueError, FileNotFoundError), match=pattern):
+                run_command(module, argv, capsys)
+        else:
+            status, err = run_command(module, argv, capsys)
+            assert status == 2 and re.search(f"error: {init_option}: {pattern}", err), err
+        assert sorted(p.name for p in out.parent.iterdir()) == ["model.log"]
+        assert out.with_suffix(".log").read_text() == "the earlier run\n"
+
+
+@pytest.mark.parametrize("module, extra, init_option", TRAINING_COMMANDS)
+def test_an_unwritable_out_stops_a_training_command_before_it_starts(tmp_path, capsys,
+                                                                     committed_checkpoints_untouched, module,
+                                                                     extra, init_option):
+    (tmp_path / "a_file").write_text("")
+    for out, message in ((tmp_path / "a_file" / "sub" / "model.pt", f"cannot create {tmp_path / 'a_file' / 'sub'}: "
+                          f"{tmp_path / 'a_file'} is a file"),
+                         (tmp_path, f"{tmp_path} is a directory")):
+        status, err = run_command(module, [*extra, "--out", str(out)], capsys)
+        assert status == 2 and f"error: --out {out}: {message}" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("art_patch_defenses.patchcleanser.train", ["--epochs", "0"],
+     "argument --epochs: must be a positive integer, got '0'"),
+    ("art_patch_defenses.patchcleanser.train", ["--probability", "1.5"],
+     "argument --probability: must be a probability in [0, 1], got '1.5'"),
+    ("art_patch_defenses.patchcleanser.train", ["--worst-of", "2"],
+     "--worst-of 2 masks every image: it needs --probability 1, got 0.75"),
+    ("art_patch_defenses.patchcleanser.train", ["--patch-sizes", "2", "-1"],
+     "argument --patch-sizes: must be a positive integer, got '-1'"),
+    ("art_patch_defenses.scalecert.train", ["--top-k", "0"], "argument --top-k: must be a fraction in (0, 1], got '0'"),
+    ("art_patch_defenses.scalecert.train", ["--tau", "1"], "argument --tau: must be in [0, 1), got 1.0"),
+    ("art_patch_defenses.scalecert.train", ["--superficial-layer", "nope"],
+     "--superficial-layer: superficial_layer 'nope' is not a module of the model"),
+    ("art_patch_defenses.mrs.train", ["--width-min", "11"], "--width-min 11 exceeds --width-max 10"),
+    ("art_patch_defenses.mrs.train", ["--lr", "-0.1"], "argument --lr: must be a positive number, got '-0.1'"),
+    ("art_patch_defenses.mrs.train", ["--seed", "x"], "argument --seed: must be a non-negative integer, got 'x'"),
+    ("art_patch_defenses.robust_masking.train", ["--band-width", "0"], "argument --band-width: must be a positive"),
+    ("art_patch_defenses.robust_masking.train", ["--init", "cifar_resnet20"],
+     "--init: expected model:weights (e.g. cifar_resnet20:finetuned) or a .pt file, got 'cifar_resnet20'"),
+    ("art_patch_defenses.robust_masking.train", ["--backbone", "bagnet", "--init", "cifar10_robust_masking_ds.pt"],
+     "holds a 'ds' backbone, not the --backbone 'bagnet' to train"),
+    ("art_patch_defenses.patchzero.train", ["--batch-size", "1"],
+     "argument --batch-size: must be an integer >= 2 (half of each stage-2 batch is attacked), got 1"),
+    ("art_patch_defenses.patchzero.train", ["--stage2-step-min", "0.5"],
+     "--stage2-step-min 0.5 exceeds --stage2-step-size 0.1"),
+    ("art_patch_defenses.patchzero.train", ["--train-n", "0"], "argument --train-n: must be a positive integer"),
+    ("art_patch_defenses.patchzero.train", ["--weights", "nonsense"], "--weights: weights 'nonsense' is neither"),
+    ("art_patch_defenses.models.finetune", ["--depth", "20", "--batch-size", "0"], "argument --batch-size: must be"),
+    ("art_patch_defenses.models.train_embedded", ["--threads", "0"], "argument --threads: must be a positive integer"),
+    ("art_patch_defenses.patchcleanser.train_embedded", ["--probability", "-0.1"],
+     "argument --probability: must be a probability in [0, 1], got '-0.1'"),
+    ("art_patch_defenses.scalecert.train_embedded", ["--superficial-layer", "nope"],
+     "--superficial-layer: superficial_layer 'nope' is not a module of the model"),
+    ("art_patch_defenses.robust_masking.train_embedded", ["--patch-size", "0"], "argument --patch-size: must be"),
+])
+def test_training_arguments_out_of_range_stop_the_command_before_it_starts(tmp_path, capsys,
+                                                                           committed_checkpoints_untouched, module,
+                                                                           argv, message):
+    status, err = run_command(module, [*argv, "--out", str(tmp_path / "model.pt")], capsys)
+    assert status == 2 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reported_command_leaves_the_committed_log_alone(tmp_path):
+    """``python -m art_patch_defenses.patchcleanser.train --init bad.pt`` once renamed the committed training log
+    before failing; run as typed, against a copy of checkpoints/ (and the real one is compared too)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "checkpoints"
+    copy.mkdir()
+    for path in checkpoints_dir().iterdir():
+        if path.suffix in (".log", ".json"):
+            shutil.copy2(path, copy / path.name)
+    before, committed = snapshot(copy), snapshot(checkpoints_dir())
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 truncated")
+    env = {**os.environ, "ART_PATCH_DEFENSES_CHECKPOINTS": str(copy), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "art_patch_defenses.patchcleanser.train", "--init", "bad.pt"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "error: --init: checkpoint bad.pt is truncated or corrupt" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(copy) == before and snapshot(checkpoints_dir()) == committed
+
+
+@pytest.mark.parametrize("module, trainer", [("art_patch_defenses.patchcleanser.train", "train_patchcleanser"),
+                                             ("art_patch_defenses.mrs.train", "train_mrs_base")])
+def test_a_valid_continued_run_still_keeps_the_earlier_log_and_records_itself(
+        tmp_path, monkeypatch, committed_checkpoints_untouched, module, trainer):
+    """The checks moved before the log; a valid run continuing a checkpoint still rotates its log and records
+    (the training itself and the data replaced by stand-ins, so nothing trains)."""
+    import importlib
+
+    from art_patch_defenses.data import ImageDataset
+    from art_patch_defenses.models.checkpoints import record_checkpoint
+
+    command = importlib.import_module(module)
+    monkeypatch.setattr(command, trainer, lambda *args, **kwargs: None)
+    tiny = ImageDataset(x=np.zeros((4, 3, 32, 32), np.float32), y=np.arange(4), class_names=("a", "b", "c", "d"))
+    monkeypatch.setattr(command, "load_dataset", lambda *args, **kwargs: tiny)
+    out = tmp_path / "model.pt"
+    digest = save_checkpoint(cifar_resnet(20), out)
+    record_checkpoint(tmp_path / "checkpoints.json", out.name, {"sha256": digest, "init": "pretrained"}, "first")
+    out.with_suffix(".log").write_text("the earlier run\n")
+    command.main(["--init", str(out), "--out", str(out), "--epochs", "1"])
+    assert (tmp_path / "model.part1.log").read_text() == "the earlier run\n"
+    assert out.with_suffix(".log").read_text().splitlines()[1] == f"continues from model.pt (sha256 {digest})"
+    record = json.loads((tmp_path / "checkpoints.json").read_text())["model.pt"]
+    assert record["history"][0]["log"] == "model.part1.log"
+    build_model("cifar_resnet20", out, sha256=record["sha256"])

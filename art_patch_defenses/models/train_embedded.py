@@ -21,7 +21,18 @@ import torch
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset, load_dataset
-from art_patch_defenses.models.checkpoints import open_run_log, record_checkpoint, save_checkpoint, sha256_of
+from art_patch_defenses.models.checkpoints import (
+    check_output_writable,
+    check_run_start,
+    non_negative_int,
+    open_run_log,
+    positive_float,
+    positive_int,
+    read_state_dict,
+    record_checkpoint,
+    save_checkpoint,
+    sha256_of,
+)
 from art_patch_defenses.models.mnist_cnn import MnistCNN
 from art_patch_defenses.models.registry import MNIST_MEAN, MNIST_STD, embedded_checkpoint, weights_path
 from art_patch_defenses.models.training import accuracy, train_classifier
@@ -37,16 +48,27 @@ MNIST_CNN_LR = 0.05
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments every ``train_embedded`` command shares: ``--seed``, ``--threads``, ``--out``."""
-    parser.add_argument("--seed", type=int, default=0, help="seeds the initialisation, order and augmentation")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seeds the initialisation, order and augmentation")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (1: the committed runs; other counts may round differently)")
     parser.add_argument("--out", type=Path, default=None, help="default: checkpoints/mnist_embedded_<name>.pt")
+
+
+def check_embedded_out(parser: argparse.ArgumentParser, name: str, out: Path | None,
+                       **checks: Callable[[], object]) -> None:
+    """A ``train_embedded`` command's ``--out`` (default ``checkpoints/mnist_embedded_<name>.pt``) must be writable
+    and its ``checks`` (e.g. ``init=``) pass: checked with the arguments, so a failure is an argparse error before
+    anything is written (see :func:`check_run_start`)."""
+    check_run_start(parser, out if out is not None else embedded_checkpoint(name), **checks)
 
 
 def run_embedded_training(name: str, module: str, argv: Sequence[str], train_fn: TrainFn, *, seed: int,
                           threads: int = 1, out: Path | None = None, init: tuple[str, str] | None = None,
                           evaluate: Callable[[nn.Module, ImageDataset], float] | None = None) -> dict[str, Any]:
     """Seed, train on the embedded MNIST training digits, then save ``out``, its log and its record.
+
+    ``out``, the starting weights and the data are checked before the log is opened.
 
     :param name: the model's file name part: ``checkpoints/mnist_embedded_<name>.pt`` unless ``out`` is given.
     :param module: the command's module, for the recorded command line ``python -m <module> <argv>``.
@@ -58,14 +80,18 @@ def run_embedded_training(name: str, module: str, argv: Sequence[str], train_fn:
     torch.set_num_threads(threads)
     out = Path(out) if out is not None else embedded_checkpoint(name)
     command = " ".join(["python -m", module, *argv])
-    log, _ = open_run_log(out, command)
+    # Everything that can fail fails here, before the log (maybe the committed one) is rewritten.
+    check_output_writable(out)
     summary: dict[str, Any] = {"checkpoint": out.name, "dataset": "mnist_embedded", "init": None}
     if init is not None:
         init_path = weights_path(*init)
+        read_state_dict(init_path)  # readable and matching its recorded sha256
         summary.update(init=":".join(init), init_sha256=sha256_of(init_path))
+    train = load_dataset("mnist_embedded", "train")
+    log, _ = open_run_log(out, command)
+    if init is not None:
         log(f"starts from {':'.join(init)} = {init_path.name} (sha256 {summary['init_sha256']})")
     torch.manual_seed(seed)
-    train = load_dataset("mnist_embedded", "train")
     start = time.time()
     model, settings = train_fn(train, log)
     seconds = round(time.time() - start)
@@ -87,11 +113,12 @@ def plain_accuracy(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=MNIST_CNN_EPOCHS)
-    parser.add_argument("--lr", type=float, default=MNIST_CNN_LR)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=MNIST_CNN_EPOCHS)
+    parser.add_argument("--lr", type=positive_float, default=MNIST_CNN_LR)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
+    check_embedded_out(parser, "mnist_cnn", args.out)
 
     def train_fn(train: ImageDataset, log: Log) -> tuple[nn.Module, dict[str, Any]]:
         model = train_classifier(MnistCNN(), train.x, train.y, MNIST_MEAN, MNIST_STD, epochs=args.epochs, lr=args.lr,

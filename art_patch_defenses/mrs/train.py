@@ -16,7 +16,15 @@ import torch
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, save_checkpoint
-from art_patch_defenses.models.checkpoints import file_logger, record_checkpoint
+from art_patch_defenses.models.checkpoints import (
+    check_run_start,
+    non_negative_float,
+    non_negative_int,
+    open_run_log,
+    positive_float,
+    positive_int,
+    record_checkpoint,
+)
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.mrs.smoothing import from_255
 from art_patch_defenses.mrs.training import train_mrs_base
@@ -26,24 +34,28 @@ from art_patch_defenses.paths import checkpoints_dir
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, choices=(20, 56), default=20)
-    parser.add_argument("--init", default="finetuned", help="weights tag or path to start from")
-    parser.add_argument("--sigma", type=float, default=25.0, help="noise std in 0-255 units")
-    parser.add_argument("--width-min", type=int, default=5)
-    parser.add_argument("--width-max", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default="finetuned",
+                        help="weights tag or a .pt path to start from (a path continues that checkpoint's record)")
+    parser.add_argument("--sigma", type=non_negative_float, default=25.0, help="noise std in 0-255 units")
+    parser.add_argument("--width-min", type=positive_int, default=5)
+    parser.add_argument("--width-max", type=positive_int, default=10)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--lr", type=positive_float, default=0.01)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.width_min > args.width_max:
+        parser.error(f"--width-min {args.width_min} exceeds --width-max {args.width_max}")
     name = f"cifar_resnet{args.depth}"
     out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_mrs.pt"
-    log = file_logger(out.with_suffix(".log"))
-    command = "python -m art_patch_defenses.mrs.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"command: {command}")
-    torch.manual_seed(args.seed)
+    # Everything that can fail fails here, before the log (maybe the committed one) is rotated or rewritten.
+    check_run_start(parser, out, init=lambda: build_model(name, args.init))
     train = load_dataset("cifar10", "train")
-    model = build_model(name, args.init)
+    command = "python -m art_patch_defenses.mrs.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    log, previous_log = open_run_log(out, command, Path(args.init) if args.init.endswith(".pt") else None)
+    torch.manual_seed(args.seed)
+    model = build_model(name, args.init)  # built again after seeding, as the recorded runs drew its initialisation
     start = time.time()
     train_mrs_base(model, train.x, train.y, CIFAR10_MEAN, CIFAR10_STD, sigma=from_255(args.sigma),
                    width_min=args.width_min, width_max=args.width_max, epochs=args.epochs, lr=args.lr,
@@ -54,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                "square_widths": [args.width_min, args.width_max], "epochs": args.epochs, "lr": args.lr,
                "train_images": len(train), "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
     log(json.dumps(summary))
-    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,15 @@ import torch
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, save_checkpoint
-from art_patch_defenses.models.checkpoints import open_run_log, record_checkpoint
+from art_patch_defenses.models.checkpoints import (
+    check_run_start,
+    non_negative_int,
+    open_run_log,
+    positive_float,
+    positive_int,
+    probability,
+    record_checkpoint,
+)
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.patchcleanser.training import train_patchcleanser
 from art_patch_defenses.paths import checkpoints_dir
@@ -27,24 +35,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, choices=(20, 56), default=20)
     parser.add_argument("--init", default="finetuned",
                         help="weights tag or a .pt path to start from (a path continues that checkpoint's record)")
-    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 5])
-    parser.add_argument("--masks-per-axis", type=int, default=6)
-    parser.add_argument("--probability", type=float, default=0.75, help="share of training images masked")
-    parser.add_argument("--worst-of", type=int, default=1,
+    parser.add_argument("--patch-sizes", type=positive_int, nargs="+", default=[2, 5])
+    parser.add_argument("--masks-per-axis", type=positive_int, default=6)
+    parser.add_argument("--probability", type=probability, default=0.75, help="share of training images masked")
+    parser.add_argument("--worst-of", type=positive_int, default=1,
                         help="train on the highest-loss of this many mask draws per image (needs --probability 1)")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0, help="a new one when continuing a run (see train_classifier)")
+    parser.add_argument("--epochs", type=positive_int, default=4)
+    parser.add_argument("--lr", type=positive_float, default=0.02)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="a new one when continuing a run (see train_classifier)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.worst_of > 1 and args.probability != 1.0:
+        parser.error(f"--worst-of {args.worst_of} masks every image: it needs --probability 1, got {args.probability}")
     name = f"cifar_resnet{args.depth}"
     out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_patchcleanser.pt"
+    # Everything that can fail fails here, before the log (maybe the committed one) is rotated or rewritten.
+    check_run_start(parser, out, init=lambda: build_model(name, args.init))
+    train = load_dataset("cifar10", "train")
     command = "python -m art_patch_defenses.patchcleanser.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log, previous_log = open_run_log(out, command, Path(args.init) if args.init.endswith(".pt") else None)
     torch.manual_seed(args.seed)
-    train = load_dataset("cifar10", "train")
-    model = build_model(name, args.init)
+    model = build_model(name, args.init)  # built again after seeding, as the recorded runs drew its initialisation
     start = time.time()
     settings = {"patch_sizes": args.patch_sizes, "masks_per_axis": args.masks_per_axis,
                 "probability": args.probability, "worst_of": args.worst_of, "fill": "normalisation mean"}

@@ -15,8 +15,15 @@ from typing import Any
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset
+from art_patch_defenses.models.checkpoints import positive_float, positive_int, probability
 from art_patch_defenses.models.registry import MNIST_MEAN, MNIST_STD, build_model
-from art_patch_defenses.models.train_embedded import Log, add_run_arguments, plain_accuracy, run_embedded_training
+from art_patch_defenses.models.train_embedded import (
+    Log,
+    add_run_arguments,
+    check_embedded_out,
+    plain_accuracy,
+    run_embedded_training,
+)
 from art_patch_defenses.patchcleanser.registration import MNIST_CHECKPOINT
 from art_patch_defenses.patchcleanser.training import train_patchcleanser
 
@@ -27,14 +34,15 @@ INIT = ("mnist_cnn", "embedded")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[5, 7])
-    parser.add_argument("--masks-per-axis", type=int, default=6)
-    parser.add_argument("--probability", type=float, default=0.75, help="share of training images masked")
-    parser.add_argument("--epochs", type=int, default=PATCHCLEANSER_MNIST_EPOCHS)
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--patch-sizes", type=positive_int, nargs="+", default=[5, 7])
+    parser.add_argument("--masks-per-axis", type=positive_int, default=6)
+    parser.add_argument("--probability", type=probability, default=0.75, help="share of training images masked")
+    parser.add_argument("--epochs", type=positive_int, default=PATCHCLEANSER_MNIST_EPOCHS)
+    parser.add_argument("--lr", type=positive_float, default=0.02)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
+    check_embedded_out(parser, MNIST_CHECKPOINT, args.out, init=lambda: build_model(*INIT))
     model = build_model(*INIT)  # built before seeding, as the earlier train-on-first-use recipe did
 
     def train_fn(train: ImageDataset, log: Log) -> tuple[nn.Module, dict[str, Any]]:

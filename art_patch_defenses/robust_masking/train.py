@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -24,7 +25,15 @@ from art_patch_defenses.data import load_dataset
 from art_patch_defenses.geometry import feature_window, window_masks
 from art_patch_defenses.models import build_model, save_checkpoint
 from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN
-from art_patch_defenses.models.checkpoints import open_run_log, record_checkpoint
+from art_patch_defenses.models.checkpoints import (
+    check_run_start,
+    non_negative_int,
+    open_run_log,
+    positive_float,
+    positive_int,
+    read_checkpoint,
+    record_checkpoint,
+)
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.models.training import train_classifier
 from art_patch_defenses.paths import checkpoints_dir
@@ -50,32 +59,49 @@ def random_band_loss(bands: ColumnBandNet):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", choices=("ds", "bagnet"), default="ds")
-    parser.add_argument("--band-width", type=int, default=4)
-    parser.add_argument("--patch-size", type=int, default=5, help="patch side the bagnet training targets")
+    parser.add_argument("--band-width", type=positive_int, default=4)
+    parser.add_argument("--patch-size", type=positive_int, default=5, help="patch side the bagnet training targets")
     parser.add_argument("--init", default="cifar_resnet20:finetuned",
                         help="warm start: model:weights (DS from a CIFAR ResNet) or a backbone checkpoint (.pt) "
                         "to continue training")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=positive_int, default=4)
+    parser.add_argument("--lr", type=positive_float, default=0.02)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or checkpoints_dir() / f"cifar10_robust_masking_{args.backbone}.pt"
     continued = args.init.endswith(".pt")
+    init = (Path(args.init) if Path(args.init).is_file() else checkpoints_dir() / args.init) if continued else None
+
+    def check_init() -> None:
+        if continued:
+            content = read_checkpoint(init)
+            kind = content.get("backbone") if isinstance(content, Mapping) else None
+            if kind != args.backbone:
+                raise ValueError(f"{init} holds a {kind!r} backbone, not the --backbone {args.backbone!r} to train")
+            load_backbone(init)
+        elif args.backbone == "ds":
+            model_name, _, weights = args.init.partition(":")
+            if not weights:
+                raise ValueError(f"expected model:weights (e.g. cifar_resnet20:finetuned) or a .pt file, "
+                                 f"got {args.init!r}")
+            ColumnBandNet(ds_base_from(build_model(model_name, weights)), args.band_width)
+
+    # Everything that can fail fails here, before the log (maybe the committed one) is rotated or rewritten.
+    check_run_start(parser, out, init=check_init)
     if continued:  # read the starting weights before ``out`` (possibly the same file) is rewritten
-        init = Path(args.init) if Path(args.init).is_file() else checkpoints_dir() / args.init
         backbone = load_backbone(init)
-        base = torch.load(init, map_location="cpu", weights_only=True).get("base")
-    command = "python -m art_patch_defenses.robust_masking.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    log, previous_log = open_run_log(out, command, init if continued else None)
-    torch.manual_seed(args.seed)
+        base = read_checkpoint(init).get("base")
     train = load_dataset("cifar10", "train")
+    command = "python -m art_patch_defenses.robust_masking.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    log, previous_log = open_run_log(out, command, init)
+    torch.manual_seed(args.seed)
     start = time.time()
     if args.backbone == "ds":
         if not continued:
-            base = args.init.split(":")[0]
-            backbone = ColumnBandNet(ds_base_from(build_model(*args.init.split(":"))), args.band_width)
+            base, _, weights = args.init.partition(":")
+            backbone = ColumnBandNet(ds_base_from(build_model(base, weights)), args.band_width)
         train_classifier(backbone, train.x, train.y, *IDENTITY_NORMALISATION, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, loss_fn=random_band_loss(backbone), log=log)
         settings = {"backbone": "ds", "band_width": backbone.band_width, "base": base}

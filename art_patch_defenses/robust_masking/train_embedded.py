@@ -16,8 +16,9 @@ from torch import nn
 
 from art_patch_defenses.data import ImageDataset
 from art_patch_defenses.geometry import feature_window, window_masks
+from art_patch_defenses.models.checkpoints import positive_float, positive_int
 from art_patch_defenses.models.registry import MNIST_MEAN, MNIST_STD
-from art_patch_defenses.models.train_embedded import Log, add_run_arguments, run_embedded_training
+from art_patch_defenses.models.train_embedded import Log, add_run_arguments, check_embedded_out, run_embedded_training
 from art_patch_defenses.models.training import normalise
 from art_patch_defenses.robust_masking.backbones import build_backbone
 from art_patch_defenses.robust_masking.registration import MNIST_BAGNET_CHECKPOINT
@@ -38,12 +39,13 @@ def global_accuracy(model: nn.Module, test: ImageDataset) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patch-size", type=int, default=MNIST_BAGNET_PATCH)
-    parser.add_argument("--epochs", type=int, default=MNIST_BAGNET_EPOCHS)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=positive_int, default=MNIST_BAGNET_PATCH)
+    parser.add_argument("--epochs", type=positive_int, default=MNIST_BAGNET_EPOCHS)
+    parser.add_argument("--lr", type=positive_float, default=0.05)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
+    check_embedded_out(parser, MNIST_BAGNET_CHECKPOINT, args.out)
 
     def train_fn(train: ImageDataset, log: Log) -> tuple[nn.Module, dict[str, Any]]:
         backbone = build_backbone("mnist_bagnet")

@@ -16,9 +16,19 @@ import torch
 
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.models import build_model, save_checkpoint
-from art_patch_defenses.models.checkpoints import open_run_log, record_checkpoint
+from art_patch_defenses.models.checkpoints import (
+    check_run_start,
+    fraction,
+    non_negative_int,
+    open_run_log,
+    positive_float,
+    positive_int,
+    probability,
+    record_checkpoint,
+)
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.paths import checkpoints_dir
+from art_patch_defenses.scalecert.sin import ScaleCertNet
 from art_patch_defenses.scalecert.training import train_scalecert
 
 
@@ -28,25 +38,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", default="finetuned",
                         help="weights tag or a .pt path to start from (a path continues that checkpoint's record)")
     parser.add_argument("--superficial-layer", default="bn1")
-    parser.add_argument("--top-k", type=float, nargs="+", default=[0.1, 0.15, 0.2],
+    parser.add_argument("--top-k", type=fraction, nargs="+", default=[0.1, 0.15, 0.2],
                         help="top-k rates, one drawn per batch")
-    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[2, 5])
-    parser.add_argument("--r", type=int, default=3)
-    parser.add_argument("--tau", type=float, default=0.3)
-    parser.add_argument("--occlude-probability", type=float, default=0.5)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patch-sizes", type=positive_int, nargs="+", default=[2, 5])
+    parser.add_argument("--r", type=positive_int, default=3)
+    parser.add_argument("--tau", type=probability, default=0.3)
+    parser.add_argument("--occlude-probability", type=probability, default=0.5)
+    parser.add_argument("--epochs", type=positive_int, default=5)
+    parser.add_argument("--lr", type=positive_float, default=0.02)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.tau >= 1.0:
+        parser.error(f"argument --tau: must be in [0, 1), got {args.tau}")
     name = f"cifar_resnet{args.depth}"
     out = args.out or checkpoints_dir() / f"cifar10_resnet{args.depth}_scalecert.pt"
+    # Everything that can fail fails here, before the log (maybe the committed one) is rotated or rewritten.
+    check_run_start(parser, out, init=lambda: build_model(name, args.init),
+                    superficial_layer=lambda: ScaleCertNet(build_model(name), args.superficial_layer, args.top_k[0],
+                                                           (3, 32, 32)).remove())
+    train = load_dataset("cifar10", "train")
     command = "python -m art_patch_defenses.scalecert.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log, previous_log = open_run_log(out, command, Path(args.init) if args.init.endswith(".pt") else None)
     torch.manual_seed(args.seed)
-    train = load_dataset("cifar10", "train")
-    model = build_model(name, args.init)
+    model = build_model(name, args.init)  # built again after seeding, as the recorded runs drew its initialisation
     start = time.time()
     settings = {"superficial_layer": args.superficial_layer, "top_k": args.top_k, "patch_sizes": args.patch_sizes,
                 "r": args.r, "tau": args.tau, "occlude_probability": args.occlude_probability}

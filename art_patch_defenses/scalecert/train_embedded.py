@@ -15,9 +15,17 @@ from typing import Any
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset
+from art_patch_defenses.models.checkpoints import fraction, positive_float, positive_int
 from art_patch_defenses.models.registry import MNIST_MEAN, MNIST_STD, build_model
-from art_patch_defenses.models.train_embedded import Log, add_run_arguments, plain_accuracy, run_embedded_training
+from art_patch_defenses.models.train_embedded import (
+    Log,
+    add_run_arguments,
+    check_embedded_out,
+    plain_accuracy,
+    run_embedded_training,
+)
 from art_patch_defenses.scalecert.registration import MNIST_CHECKPOINT
+from art_patch_defenses.scalecert.sin import ScaleCertNet
 from art_patch_defenses.scalecert.training import train_scalecert
 
 #: The recipe of the embedded ScaleCert model (formerly trained on first use): seconds on one CPU thread.
@@ -28,13 +36,16 @@ INIT = ("mnist_cnn", "embedded")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--superficial-layer", default="features.1")
-    parser.add_argument("--top-k", type=float, nargs="+", default=[0.1], help="top-k rates, one drawn per batch")
-    parser.add_argument("--patch-sizes", type=int, nargs="+", default=[5, 7])
-    parser.add_argument("--epochs", type=int, default=SCALECERT_MNIST_EPOCHS)
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--top-k", type=fraction, nargs="+", default=[0.1], help="top-k rates, one drawn per batch")
+    parser.add_argument("--patch-sizes", type=positive_int, nargs="+", default=[5, 7])
+    parser.add_argument("--epochs", type=positive_int, default=SCALECERT_MNIST_EPOCHS)
+    parser.add_argument("--lr", type=positive_float, default=0.02)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     add_run_arguments(parser)
     args = parser.parse_args(argv)
+    check_embedded_out(parser, MNIST_CHECKPOINT, args.out, init=lambda: build_model(*INIT),
+                       superficial_layer=lambda: ScaleCertNet(build_model(INIT[0]), args.superficial_layer,
+                                                              args.top_k[0], (1, 32, 32)).remove())
     model = build_model(*INIT)  # built before seeding, as the earlier train-on-first-use recipe did
 
     def train_fn(train: ImageDataset, log: Log) -> tuple[nn.Module, dict[str, Any]]:
