@@ -1,9 +1,12 @@
-"""Patch attacks assembled from ART: universal patches, masked PGD and masked AutoPGD.
+"""Patch attacks assembled from ART: universal patches, masked PGD, masked AutoPGD and the ensemble of them
+(:class:`PatchAutoAttack`), with a gradient-free random search.
 
 Every attack runs against whatever ART estimator it is given, so a defended estimator is attacked white-box.
 """
 
+from art_patch_defenses.attacks.ensemble import PatchAutoAttack, PatchBudget, random_search_patch
 from art_patch_defenses.attacks.masked import MaskedAutoPGD, RestrictToMask, masked_pgd, masked_pgd_surrogate
 from art_patch_defenses.attacks.universal import adversarial_patch, lavan_patch
 
-__all__ = ["MaskedAutoPGD", "RestrictToMask", "adversarial_patch", "lavan_patch", "masked_pgd", "masked_pgd_surrogate"]
+__all__ = ["MaskedAutoPGD", "PatchAutoAttack", "PatchBudget", "RestrictToMask", "adversarial_patch", "lavan_patch",
+           "masked_pgd", "masked_pgd_surrogate", "random_search_patch"]

@@ -160,6 +160,11 @@ class PatchZero(PreprocessorPyTorch):
         mask = soft + (hard - soft).detach() if self.bpda else hard.detach()
         return self._back(self._repaint(x_nchw, mask)), y
 
+    def detector_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The detector's per-pixel probability ``(N, 1, H, W)`` that a pixel belongs to a patch, for NCHW images
+        in [0, 1], differentiable (what an adaptive attack drives down inside its patch)."""
+        return torch.sigmoid(detector_logits(self.detector, x)[0])
+
     def estimate_forward(self, x: torch.Tensor, y: Any = None) -> torch.Tensor:
         """The differentiable estimate for ART's code paths that do not differentiate ``forward``.
 

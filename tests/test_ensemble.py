@@ -1,0 +1,98 @@
+"""PatchAutoAttack: worst case per image over its attacks and placements, changes only inside the reported patch,
+reproducible under one seed, judged by the defended predict (a certifier through its attack surrogate), and a
+random search that fools an undefended model without gradients."""
+
+import numpy as np
+import pytest
+
+from art_patch_defenses.attacks import PatchAutoAttack, PatchBudget, random_search_patch
+
+SMALL = {"pgd": ((0.1, 5),), "apgd_iter": 5, "targeted_top_k": 1, "random_placements": 1,
+         "gradient_placements": 1, "random_search_queries": 20}
+
+
+@pytest.fixture(scope="module")
+def data(mnist_test):
+    picks = np.linspace(0, len(mnist_test) - 1, 10).astype(int)  # spread over the class-sorted slice
+    return mnist_test.x[picks], mnist_test.y[picks]
+
+
+def test_the_ensemble_is_the_worst_case_and_stays_inside_its_patches(mnist_classifier, data):
+    x, y = data
+    attack = PatchAutoAttack(mnist_classifier, patch_size=7, seed=0, verbose=False, **SMALL)
+    x_adv = attack.generate(x, y)
+    report = attack.report
+    changed = np.abs(x_adv - x).max(axis=1) > 0
+    assert not np.any(changed & ~attack.last_masks), "a pixel outside the reported patch changed"
+    assert np.all(attack.last_masks.sum(axis=(1, 2)) == 49)
+    right = mnist_classifier.predict(x_adv).argmax(1) == y
+    assert report.ensemble_accuracy == pytest.approx(right.mean())
+    assert report.ensemble_accuracy <= min(report.accuracy_after.values())
+    assert report.ensemble_accuracy <= report.random_search_accuracy
+    assert report.ensemble_accuracy < report.clean_accuracy, "the attack must fool the undefended model"
+    assert report.placements == ["random_1", "gradient_1"] and report.budget["pgd"] == [[0.1, 5]]
+
+
+def test_one_seed_makes_a_rerun_identical(mnist_classifier, data):
+    x, y = data
+    runs = [PatchAutoAttack(mnist_classifier, patch_size=5, seed=3, verbose=False, **SMALL) for _ in range(2)]
+    outputs = [run.generate(x, y) for run in runs]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(runs[0].last_masks, runs[1].last_masks)
+    assert runs[0].report == runs[1].report
+
+
+def test_a_given_mask_is_a_placement(mnist_classifier, data):
+    x, y = data
+    mask = np.zeros((len(x), 32, 32), bool)
+    mask[:, 2:9, 3:10] = True
+    attack = PatchAutoAttack(mnist_classifier, patch_size=7, seed=0, verbose=False,
+                             **{**SMALL, "random_placements": 0, "gradient_placements": 0, "random_search_queries": 0})
+    x_adv = attack.generate(x, y, mask=mask)
+    assert attack.report.placements == ["given"]
+    assert not np.any((np.abs(x_adv - x).max(axis=1) > 0) & ~mask)
+
+
+def test_random_search_fools_without_gradients(mnist_classifier, data):
+    x, y = data
+    x_adv, masks = random_search_patch(mnist_classifier, x, y, (8, 8), queries=60, seed=0)
+    assert np.mean(mnist_classifier.predict(x_adv).argmax(1) == y) < np.mean(mnist_classifier.predict(x).argmax(1) == y)
+    assert not np.any((np.abs(x_adv - x).max(axis=1) > 0) & ~masks)
+
+
+def test_a_certifier_is_attacked_through_its_surrogate_and_judged_by_its_predict(data):
+    from art_patch_defenses.scalecert import get_art_model
+
+    scalecert = get_art_model({"name": "mnist_cnn", "weights": "scalecert", "top_k": 0.1, "patch_size": 5})
+    x, y = data
+    attack = PatchAutoAttack(scalecert, patch_size=5, seed=0, verbose=False,
+                             **{**SMALL, "random_search_queries": 0, "targeted_top_k": 0})
+    x_adv = attack.generate(x, y)
+    right = scalecert.predict_labels(x_adv) == y  # an alert (-1) is not right
+    assert attack.report.ensemble_accuracy == pytest.approx(right.mean())
+
+
+def test_patchzero_gets_its_joint_adaptive_attack(mnist_test):
+    from art_patch_defenses.models import build_model, make_classifier
+    from art_patch_defenses.patchzero import PatchZero
+
+    classifier = make_classifier(build_model("mnist_cnn", "embedded"), "mnist_cnn")
+    classifier.set_params(preprocessing_defences=[PatchZero.from_checkpoint("mnist_embedded_patchzero_mnist_cnn.pt")])
+    attack = PatchAutoAttack(classifier, patch_size=7, seed=0, verbose=False,
+                             **{**SMALL, "random_search_queries": 0, "targeted_top_k": 0})
+    attack.generate(mnist_test.x[:4], mnist_test.y[:4])
+    assert "patchzero_joint_bpda_pgd" in attack.report.attacks
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"eps": 0.0}, "eps"), ({"pgd": ()}, "pgd"), ({"restarts": 0}, "restarts"),
+    ({"random_search_queries": -1}, "random_search_queries"),
+])
+def test_budgets_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        PatchBudget(**overrides)
+
+
+def test_a_patch_larger_than_the_image_is_refused(mnist_classifier, data):
+    with pytest.raises(ValueError, match="larger than the image"):
+        PatchAutoAttack(mnist_classifier, patch_size=40, verbose=False).generate(*data)
