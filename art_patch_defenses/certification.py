@@ -169,7 +169,7 @@ class CertifierMixin(CheckedInputsMixin):
         x = self.check_inputs(x)
         labels = None if y is None else check_labels(y, len(x), self.nb_classes)
         batch_size = self.certify_batch_size if batch_size is None else batch_size
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         result = self._certify(x, labels, int(batch_size), seed, verbose, **kwargs)
         result.kind, result.patch_size = self.certificate_kind, getattr(self, "patch_size", None)
