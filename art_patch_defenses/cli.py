@@ -5,18 +5,111 @@
 - ``art-patch-defenses verify CONFIG``: attack the certified samples of every certifier in a config at many places
   and report certificate violations (a sound certifier has none).
 - ``art-patch-defenses finetune --depth 56``: fine-tune a pretrained CIFAR ResNet on the JPEG training set.
+
+For evaluate and verify, a config error or an unusable output directory exits with 2 and ``error: ...`` before any
+computation; Ctrl-C exits with 130 (SIGTERM with 143) after the finished scenarios are written. The library's
+``logging`` lines (``scenario: ...``) go to stderr unless ``--quiet`` (which keeps warnings).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+#: Exit status after SIGTERM (128 + 15).
+EXIT_TERMINATED = 143
 
 
 def _quiet_environment() -> None:
     """Keep caches out of the user's way and everything offline (nothing downloads weights at run time)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse ``type=`` that takes positive ints (``kind=int``) or positive finite numbers, and says so."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if kind is int else 'number'}, "
+                                             f"got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a line is logged (tests and tqdm replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+@contextlib.contextmanager
+def _library_logging(quiet: bool) -> Iterator[None]:
+    """Show the package's log lines on stderr for one command (INFO, or WARNING with ``--quiet``); the logger is
+    left as it was afterwards, so that calling :func:`main` twice (tests) adds nothing twice."""
+    logger = logging.getLogger("art_patch_defenses")
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the runner writes what finished and marks the run interrupted."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (``kill``, a batch scheduler's stop) into :class:`Terminated` for one command; by default it
+    would end the process with nothing written."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,17 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser("evaluate", help="run a scenario config or suite")
     evaluate.add_argument("config", nargs="?", default=None, help="JSON/YAML config (default: embedded scenario)")
-    evaluate.add_argument("--output-dir", default=None, help="where to write results (default outputs/...)")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--output-dir", default=None, help="where to write results (default outputs/...); "
+                          "refused if it holds another run's results, unless --overwrite")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace another run's results in --output-dir (only the files a run writes)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     verify = commands.add_parser("verify", help="attack certified samples and count certificate violations")
     verify.add_argument("config", help="JSON/YAML config or suite whose model blocks build certifiers")
-    verify.add_argument("--n", type=int, default=None, help="evaluation images (default: the config's dataset.n)")
-    verify.add_argument("--n-certified", type=int, default=200, help="certified samples to attack")
-    verify.add_argument("--placements", type=int, default=4, help="random patch placements per sample")
-    verify.add_argument("--max-iter", type=int, default=10, help="PGD iterations per attack")
-    verify.add_argument("--eps-step", type=float, default=0.1, help="L-inf PGD step (MRS: radius / 4, L2)")
+    positive_int, positive_float = _positive(int), _positive(float)
+    verify.add_argument("--n", type=positive_int, default=None,
+                        help="evaluation images (default: the config's dataset.n)")
+    verify.add_argument("--n-certified", type=positive_int, default=200, help="certified samples to attack")
+    verify.add_argument("--placements", type=positive_int, default=4, help="random patch placements per sample")
+    verify.add_argument("--max-iter", type=positive_int, default=10, help="PGD iterations per attack")
+    verify.add_argument("--eps-step", type=positive_float, default=0.1, help="L-inf PGD step (MRS: radius / 4, L2)")
     verify.add_argument("--output-dir", default=None, help="where to write verify.json (default outputs/...)")
-    verify.add_argument("--quiet", action="store_true", help="no progress bars")
+    verify.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     # The fine-tuning parser owns its options, --help included: whatever follows "finetune" goes to it as is
     # (argparse.REMAINDER would refuse a first argument that starts with "-").
     commands.add_parser("finetune", add_help=False, help="fine-tune a pretrained CIFAR ResNet on JPEG CIFAR-10 "
@@ -50,14 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     if rest:  # what parse_args does for the other sub-commands
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
-    if args.command == "verify":
-        return _verify(args)
+    with _library_logging(args.quiet), _terminate_as_interrupt():
+        try:
+            return _verify(args) if args.command == "verify" else _evaluate(args)
+        except Terminated:
+            print("terminated (SIGTERM)", file=sys.stderr)
+            return EXIT_TERMINATED
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
+
+def _evaluate(args: argparse.Namespace) -> int:
     from art_patch_defenses.evaluation.report import markdown_table
     from art_patch_defenses.evaluation.runner import run_suite
 
+    # run_suite validates the config and checks the output directory before it computes anything; a ValueError
+    # later on (the runner has written what finished and said where) is reported the same way.
     try:
-        summary = run_suite(args.config, args.output_dir, verbose=not args.quiet)
+        summary = run_suite(args.config, args.output_dir, verbose=not args.quiet, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -70,10 +179,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from art_patch_defenses.evaluation.config import load_config
+    from art_patch_defenses.evaluation.results import check_output_dir
     from art_patch_defenses.evaluation.verify import verify_suite
 
+    output_dir = args.output_dir or Path("outputs") / time.strftime("verify-%Y%m%d-%H%M%S")
+    try:  # before any computation: the config, then the output directory
+        load_config(args.config)
+        check_output_dir(output_dir)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
-        summary = verify_suite(args.config, args.output_dir, n=args.n, verbose=not args.quiet,
+        summary = verify_suite(args.config, output_dir, n=args.n, verbose=not args.quiet,
                                n_certified=args.n_certified, placements=args.placements, max_iter=args.max_iter,
                                eps_step=args.eps_step)
     except (ValueError, FileNotFoundError) as error:

@@ -1,12 +1,29 @@
+import errno
 import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import needs_shared
 
 from art_patch_defenses.cli import main
-from art_patch_defenses.evaluation import DEFAULT_SCENARIO, load_config, run_suite
+from art_patch_defenses.evaluation import DEFAULT_SCENARIO, load_config, run_suite, runner
+from art_patch_defenses.evaluation import results as results_module
 from art_patch_defenses.evaluation.config import armory_schema_gaps
+from art_patch_defenses.evaluation.results import (
+    OutputDirError,
+    ScenarioResult,
+    atomic_path,
+    read_manifest,
+    write_atomic,
+)
 from art_patch_defenses.evaluation.runner import run_scenario, scenario_label
 
 TINY = {
@@ -23,7 +40,13 @@ TINY = {
 def test_tiny_config_writes_armory_shaped_results(tmp_path):
     summary = run_suite(TINY, tmp_path, verbose=False)
     payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["status"] == "complete" and payload["scenarios_complete"] == payload["scenarios_total"] == 1
     record = payload["scenarios"][0]
+    manifest = read_manifest(tmp_path)
+    assert manifest["status"] == "complete" and manifest["scenarios_complete"] == 1
+    assert manifest["config_source"] == "<dict>" and manifest["finished"] and manifest["error"] is None
+    assert json.loads((tmp_path / manifest["scenarios"][0]["file"]).read_text()) == record
+    assert not list(tmp_path.rglob("*.tmp"))
     assert {"config", "results", "timestamp"} <= set(record)
     results = record["results"]
     assert results["num_samples"] == 30
@@ -46,22 +69,7 @@ def test_universal_patch_scenario(tmp_path):
     assert record["results"]["patch_trained_on"].startswith("40 mnist_embedded train")
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda c: c.update(atack={}), r"unknown config key\(s\) \['atack'\].*known keys"),
-        (lambda c: c["attack"].update(patchsize=3), r"unknown config key\(s\) \['patchsize'\] in attack"),
-        (lambda c: c["attack"].pop("patch_size"), "patch_size is required"),
-        (lambda c: c["attack"].update(type="sweep"), "attack.type must be one of"),
-        (lambda c: c.update(defense={"module": "x", "name": "y", "type": "Wrapper"}), "defense.type"),
-        (lambda c: c.pop("dataset"), "lacks the 'dataset' block"),
-    ],
-)
-def test_bad_configs_are_named(change, message):
-    config = json.loads(json.dumps(TINY))
-    change(config)
-    with pytest.raises(ValueError, match=message):
-        load_config(config)
+# The bad-config matrix is in test_config_validation.py.
 
 
 def test_bad_names_are_named(tmp_path):
@@ -250,3 +258,251 @@ def test_art_derandomized_smoothing_scenario_runs(tmp_path):
     results = run_scenario(load_config(config)["scenarios"][0], verbose=False).record["results"]
     assert 0.0 <= results["adversarial_mean_categorical_accuracy"] <= 1.0
     assert results["max_change_outside_patch"] == 0.0 and results["patch_pixels"] == [5, 5]
+
+
+# --- Nothing lost: output directory, per-scenario files, manifest, interruption -------------------------------------
+
+
+def fake_scenario(config: dict, cache=None, verbose: bool = True) -> ScenarioResult:
+    """A scenario's result without computing it: these tests check the runner's bookkeeping, not the numbers."""
+    results = {"benign_mean_categorical_accuracy": 1.0, "adversarial_mean_categorical_accuracy": 0.5,
+               "max_change_outside_patch": 0.0, "num_samples": 2, "patch_pixels": [7, 7],
+               "patch_area_fraction": 0.0479, "abstain_rate_benign": 0.0, "abstain_rate_adversarial": 0.0}
+    images = np.zeros((2, 1, 32, 32), np.float32)
+    examples = {"x": images, "x_adv": images, "y": np.array([0, 1]), "benign": np.array([0, 1]),
+                "adversarial": np.array([1, 1]), "class_names": np.asarray([str(d) for d in range(10)])}
+    return ScenarioResult(record={"config": config, "results": results, "timestamp": 0}, examples=examples)
+
+
+def stop_in_second(error: BaseException):
+    """A ``run_scenario`` whose first scenario finishes and whose second raises ``error``."""
+    calls = []
+
+    def run(config, cache=None, verbose=True):
+        calls.append(config)
+        if len(calls) == 2:
+            raise error
+        return fake_scenario(config)
+
+    return run
+
+
+def two_scenarios() -> dict:
+    second = json.loads(json.dumps(TINY))
+    second["attack"]["patch_size"] = 5
+    return {"_description": "two", "scenarios": [TINY, second]}
+
+
+def no_computation(*args, **kwargs):
+    raise AssertionError("the evaluation ran although the output directory was refused")
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file", "exists and is not a directory"),
+    ("file/sub", "cannot create output directory"),
+], ids=["a file", "under a file"])
+def test_output_dir_that_is_no_directory_is_refused_first(tmp_path, monkeypatch, capsys, where, message):
+    monkeypatch.setattr(runner, "run_scenario", no_computation)
+    (tmp_path / "file").write_text("a file")
+    output_dir = tmp_path / where
+    with pytest.raises(OutputDirError, match=message):
+        run_suite(TINY, output_dir, verbose=False)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    for command in ("evaluate", "verify"):
+        assert main([command, str(config), "--output-dir", str(output_dir), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and str(output_dir) in err and "Traceback" not in err
+
+
+def test_read_only_output_dir_is_refused_first(tmp_path, monkeypatch, capsys):
+    """Tests run as root, where chmod stops no write: the read-only directory is simulated twice, through
+    ``os.access`` and through a probe file that fails as on a read-only file system."""
+    monkeypatch.setattr(runner, "run_scenario", no_computation)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: Path(path) != read_only and access(path, mode))
+    with pytest.raises(OutputDirError, match=f"output directory {read_only} is not writable"):
+        run_suite(TINY, read_only, verbose=False)
+    assert main(["evaluate", "--output-dir", str(read_only), "--quiet"]) == 2  # the embedded default: never run
+    assert capsys.readouterr().err == f"error: output directory {read_only} is not writable\n"
+    monkeypatch.setattr(os, "access", access)
+
+    def read_only_file_system(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(results_module.tempfile, "TemporaryFile", read_only_file_system)
+    with pytest.raises(OutputDirError, match="is not writable: Read-only file system"):
+        run_suite(TINY, read_only, verbose=False)
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into a read-only directory: the simulated test above covers it")
+def test_really_read_only_output_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_scenario", no_computation)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        with pytest.raises(OutputDirError, match="is not writable"):
+            run_suite(TINY, read_only, verbose=False)
+    finally:
+        read_only.chmod(0o700)
+
+
+def test_ctrl_c_in_the_second_scenario_keeps_the_first(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(runner, "run_scenario", stop_in_second(KeyboardInterrupt()))
+    with caplog.at_level(logging.WARNING, logger="art_patch_defenses"), pytest.raises(KeyboardInterrupt):
+        run_suite(two_scenarios(), tmp_path, verbose=False)
+    manifest = read_manifest(tmp_path)
+    assert manifest["status"] == "interrupted" and manifest["scenarios_complete"] == 1
+    assert [entry["status"] for entry in manifest["scenarios"]] == ["complete", "interrupted"]
+    first = json.loads((tmp_path / manifest["scenarios"][0]["file"]).read_text())
+    assert first["results"]["num_samples"] == 2 and first["config"]["attack"]["patch_size"] == 0.05
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["status"] == "interrupted" and payload["scenarios"] == [first]
+    assert (payload["scenarios_complete"], payload["scenarios_total"]) == (1, 2)
+    assert "Run interrupted: 1 of 2 scenarios finished" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "report.png").exists() and not list(tmp_path.rglob("*.tmp"))
+    assert not (tmp_path / manifest["scenarios"][1]["file"]).exists()
+    assert f"evaluation interrupted: 1 of 2 scenarios finished; their results are in {tmp_path}" in caplog.text
+
+
+def test_cli_exits_130_on_ctrl_c_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "run_scenario", stop_in_second(KeyboardInterrupt()))
+    config = tmp_path / "two.json"
+    config.write_text(json.dumps(two_scenarios()))
+    assert main(["evaluate", str(config), "--output-dir", str(tmp_path / "out"), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "warning: evaluation interrupted: 1 of 2 scenarios finished" in err  # shown even with --quiet
+    assert err.endswith("interrupted (Ctrl-C)\n")
+    assert read_manifest(tmp_path / "out")["config_source"] == str(config)
+
+
+def test_an_error_in_a_scenario_marks_the_run_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_scenario", stop_in_second(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_suite(two_scenarios(), tmp_path, verbose=False)
+    manifest = read_manifest(tmp_path)
+    assert manifest["status"] == "failed" and manifest["error"] == "RuntimeError: out of memory"
+    assert [entry["status"] for entry in manifest["scenarios"]] == ["complete", "failed"]
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["status"] == "failed" and len(payload["scenarios"]) == 1
+
+
+def test_reused_output_dir_is_refused_unless_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "run_scenario", fake_scenario)
+    out = tmp_path / "out"
+    run_suite(two_scenarios(), out, verbose=False)
+    (out / "notes.txt").write_text("mine")  # not the run's: survives an overwrite
+    (out / "scenarios" / "07-stale.json").write_text("{}")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    with pytest.raises(OutputDirError, match=r"holds another run's results \(manifest\.json, config\.json, "
+                       r"results\.json, report\.md, report\.png, scenarios\); choose another --output-dir, or pass "
+                       r"--overwrite"):
+        run_suite(TINY, out, verbose=False)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    assert main(["evaluate", str(config), "--output-dir", str(out), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before  # untouched
+    assert main(["evaluate", str(config), "--output-dir", str(out), "--quiet", "--overwrite"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete" and manifest["scenarios_total"] == 1
+    assert sorted(path.name for path in (out / "scenarios").iterdir()) == [
+        "00-mnist_cnn-none-ProjectedGradientDescent.json"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert len(json.loads((out / "results.json").read_text())["scenarios"]) == 1
+
+
+def test_results_of_an_older_version_count_as_another_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_scenario", no_computation)
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(OutputDirError, match=r"holds another run's results \(results\.json\)"):
+        run_suite(TINY, tmp_path, verbose=False)
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    path = write_atomic(tmp_path / "results.json", "old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as temporary:
+        temporary.write_text("half of the new")
+        raise KeyboardInterrupt
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    write_atomic(path, "new")
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as a plain open would make it, not 0600
+
+
+def test_cli_logs_the_scenarios_unless_quiet(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "run_scenario", fake_scenario)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    assert main(["evaluate", str(config), "--output-dir", str(tmp_path / "loud")]) == 0
+    captured = capsys.readouterr()
+    assert "scenario: mnist_cnn / none / ProjectedGradientDescent (1 of 1)\n" in captured.err
+    assert "| mnist_cnn | none | ProjectedGradientDescent |" in captured.out and "scenario:" not in captured.out
+    assert main(["evaluate", str(config), "--output-dir", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert "scenario:" not in capsys.readouterr().err
+    assert not logging.getLogger("art_patch_defenses").handlers  # the command leaves logging as it found it
+
+
+def cheap_suite_with_an_endless_second_scenario() -> dict:
+    """Two scenarios of the embedded default, cut down: the universal patch on 20 digits (one pass over 20
+    training digits), then masked PGD with a budget it never finishes in a test, so that it is surely running
+    when the test stops the process."""
+    default = json.loads(DEFAULT_SCENARIO.read_text())["scenarios"]
+    patch, pgd = default[0], default[2]
+    for config in (patch, pgd):
+        config["dataset"].update(n=20, batch_size=20)
+    patch["dataset"]["patch_train_n"] = 20
+    patch["attack"]["kwargs"].update(max_iter=1, batch_size=20)
+    pgd["attack"]["kwargs"].update(max_iter=10**6, batch_size=20)
+    return {"_description": "two cheap scenarios", "scenarios": [patch, pgd]}
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_stopped_evaluation_keeps_the_finished_scenario(tmp_path, signal_name):
+    """A real evaluation in a subprocess, stopped in its second scenario: Ctrl-C (SIGINT), ``kill`` (SIGTERM) and
+    a kill no handler sees (SIGKILL) all leave the first scenario's record intact and the manifest saying what
+    finished."""
+    config = tmp_path / "suite.json"
+    config.write_text(json.dumps(cheap_suite_with_an_endless_second_scenario()))
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "art_patch_defenses.cli", "evaluate", str(config), "--output-dir", str(out),
+         "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            # the manifest is replaced atomically: reading it while it is rewritten is safe
+            if (out / "manifest.json").exists() and read_manifest(out)["scenarios"][1]["status"] == "running":
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.communicate()[1]
+        process.send_signal(getattr(signal, signal_name))
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    manifest = read_manifest(out)
+    assert manifest["scenarios_complete"] == 1 and manifest["scenarios"][0]["status"] == "complete"
+    first = json.loads((out / manifest["scenarios"][0]["file"]).read_text())
+    assert first["results"]["num_samples"] == 20 and first["config"]["attack"]["name"] == "adversarial_patch"
+    assert 0.0 <= first["results"]["adversarial_mean_categorical_accuracy"] <= 1.0
+    if signal_name in ("SIGINT", "SIGTERM"):
+        assert process.returncode == (130 if signal_name == "SIGINT" else 143), err
+        assert manifest["status"] == "interrupted" and manifest["scenarios"][1]["status"] == "interrupted"
+        assert json.loads((out / "results.json").read_text())["scenarios"] == [first]
+        assert "evaluation interrupted: 1 of 2 scenarios finished" in err and "Traceback" not in err
+        assert err.endswith("interrupted (Ctrl-C)\n" if signal_name == "SIGINT" else "terminated (SIGTERM)\n")
+        assert manifest["error"] == ("KeyboardInterrupt" if signal_name == "SIGINT" else "Terminated: SIGTERM")
+    else:  # nothing ran after the kill: the manifest still says running, and what finished
+        assert process.returncode == -signal.SIGKILL
+        assert manifest["status"] == "running" and manifest["scenarios"][1]["status"] == "running"
+        assert not (out / "results.json").exists()

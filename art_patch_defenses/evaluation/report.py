@@ -1,15 +1,21 @@
-"""Reports of a suite run: one JSON, a Markdown table and a PNG (accuracy bars and example images)."""
+"""Reports of a suite run: one JSON, a Markdown table and a PNG (accuracy bars and example images), each written
+atomically (a reader never sees half a file)."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from art_patch_defenses.evaluation.results import ScenarioResult, scenario_label
+from art_patch_defenses.evaluation.results import (
+    ScenarioResult,
+    atomic_path,
+    scenario_label,
+    write_atomic,
+    write_json_atomic,
+)
 
 TABLE_HEADER = (
     "| model | defence | attack | patch (px, area) | n | benign acc | adversarial acc | certified acc "
@@ -54,7 +60,8 @@ def _show(axis, image: np.ndarray, title: str) -> None:
 
 
 def plot_report(outcomes: list[ScenarioResult], path: Path) -> None:
-    """Accuracy bars per scenario, then for each scenario a row of clean and patched examples with labels."""
+    """Accuracy bars per scenario, then for each scenario a row of clean and patched examples with labels; the PNG
+    is written atomically."""
     os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
     import matplotlib
 
@@ -86,29 +93,33 @@ def plot_report(outcomes: list[ScenarioResult], path: Path) -> None:
             _show(figure.add_subplot(grid[row, 2 * i]), e["x"][i], f"clean: {name(e['benign'][i])}")
             _show(figure.add_subplot(grid[row, 2 * i + 1]), e["x_adv"][i], f"adv: {name(e['adversarial'][i])}")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=110, format="png")  # the temporary name's suffix is not .png
+    finally:
+        plt.close(figure)
 
 
-def write_reports(description: str, outcomes: list[ScenarioResult], output_dir: Path) -> dict[str, str]:
-    """Write ``results.json``, ``report.md`` and ``report.png`` into ``output_dir``; return their paths."""
+def write_reports(description: str, outcomes: list[ScenarioResult], output_dir: Path, *, status: str = "complete",
+                  total: int | None = None) -> dict[str, str]:
+    """Write ``results.json``, ``report.md`` and ``report.png`` into ``output_dir`` atomically; return their paths.
+
+    :param status: the run's status (``complete``, or ``interrupted`` / ``failed`` for the scenarios that finished
+        before the run stopped: then no PNG, and both files say how many of ``total`` finished).
+    """
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    total = len(outcomes) if total is None else total
+    files = {"json": str(output_dir / "results.json"), "markdown": str(output_dir / "report.md")}
+    payload = {"_description": description, "status": status, "scenarios_complete": len(outcomes),
+               "scenarios_total": total, "scenarios": [o.record for o in outcomes]}
+    write_json_atomic(files["json"], payload)  # first: the numbers matter most
     table = markdown_table(outcomes)
-    files = {
-        "json": str(output_dir / "results.json"),
-        "markdown": str(output_dir / "report.md"),
-        "png": str(output_dir / "report.png"),
-    }
-    payload = {"_description": description, "scenarios": [o.record for o in outcomes]}
-    Path(files["json"]).write_text(json.dumps(payload, indent=2, default=_jsonable))
-    Path(files["markdown"]).write_text(f"# Evaluation\n\n{description}\n\n{table}\n\n![report](report.png)\n")
-    plot_report(outcomes, Path(files["png"]))
+    if status == "complete":
+        write_atomic(files["markdown"], f"# Evaluation\n\n{description}\n\n{table}\n\n![report](report.png)\n")
+        files["png"] = str(output_dir / "report.png")
+        plot_report(outcomes, Path(files["png"]))
+    else:
+        note = f"**Run {status}: {len(outcomes)} of {total} scenarios finished** (see manifest.json)."
+        write_atomic(files["markdown"], f"# Evaluation\n\n{description}\n\n{note}\n\n{table}\n")
     return files
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

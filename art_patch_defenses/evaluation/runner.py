@@ -2,10 +2,15 @@
 
 Every attack is white-box against the estimator the scenario builds, defences included. The attacker's patch
 size, location rule and budget are copied into each result, beside the numbers they produced.
+
+Nothing finished is lost: the config is validated and the output directory checked before any computation, each
+scenario's record is written (atomically) as soon as it finishes, ``manifest.json`` says how the run stands, and
+a run stopped by Ctrl-C or an error still writes ``results.json`` with the scenarios that finished.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -17,16 +22,15 @@ from art_patch_defenses import __version__
 from art_patch_defenses.attacks.masked import seed_art_random_start
 from art_patch_defenses.certification import CertifierMixin, predict_labels
 from art_patch_defenses.data import load_dataset
-from art_patch_defenses.evaluation.config import load_config, resolve
+from art_patch_defenses.evaluation.config import attack_patch_shape, load_config, resolve
 from art_patch_defenses.evaluation.metrics import mask_precision_recall_f1
 from art_patch_defenses.evaluation.report import write_reports
-from art_patch_defenses.evaluation.results import ScenarioResult, scenario_label
+from art_patch_defenses.evaluation.results import RunManifest, ScenarioResult, prepare_output_dir, scenario_label
 from art_patch_defenses.geometry import (
     expand_masks,
     paste_patch,
     patch_area_fraction,
     patch_masks,
-    patch_shape,
     random_locations,
 )
 
@@ -85,7 +89,7 @@ def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: b
     """Run the scenario's attack; return adversarial images, the patch masks ``(n, H, W)`` and attack facts."""
     attack, dataset = config["attack"], config["dataset"]
     image_hw = x.shape[2:4]
-    shape = patch_shape(attack["patch_size"], image_hw)
+    shape = attack_patch_shape(attack["patch_size"], image_hw)
     seed = int(attack.get("seed", 0))
     targets = _targets(attack, y)
     if attack["location"] == "random":
@@ -94,7 +98,8 @@ def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: b
         locations = np.tile(np.asarray(attack["location"], dtype=int), (len(x), 1))
     component = resolve(attack["module"], attack["name"])
     kwargs = dict(attack.get("kwargs") or {})
-    kwargs.setdefault("verbose", verbose)
+    if _takes_keyword(component, "verbose"):  # not every attack has a progress bar to switch
+        kwargs.setdefault("verbose", verbose)
     seed_art_random_start(seed)  # ART's random starts draw from the global generators: one seed fixes them too
     if attack["type"] == "patch":
         train = load_dataset(
@@ -122,6 +127,14 @@ def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: b
         location=attack["location"], location_seed=seed,
     )
     return x_adv.astype(np.float32), masks, facts
+
+
+def _takes_keyword(target, name: str) -> bool:
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return True  # no signature to read: pass it, as before
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) -> ScenarioResult:
@@ -176,19 +189,69 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
     return ScenarioResult(record=record, examples=examples)
 
 
+def default_output_dir() -> Path:
+    """``outputs/evaluation-<time>``, with a suffix if a run started in the same second took that name."""
+    base = Path("outputs") / time.strftime("evaluation-%Y%m%d-%H%M%S")
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
 def run_suite(
-    source: str | Path | dict | None = None, output_dir: str | Path | None = None, verbose: bool = True
+    source: str | Path | dict | None = None, output_dir: str | Path | None = None, verbose: bool = True, *,
+    overwrite: bool = False,
 ) -> dict:
     """Run a config or suite (default: the embedded scenario); write JSON, Markdown and PNG reports.
 
-    :return: ``{"_description", "outcomes": [ScenarioResult, ...], "files": {...}}``.
+    Before any computation the config is validated (every problem at once, :class:`~art_patch_defenses.evaluation
+    .config.ConfigError`) and the output directory created and checked (:class:`~art_patch_defenses.evaluation
+    .results.OutputDirError`: not a directory, not writable, or holding another run's results unless
+    ``overwrite``). During the run ``manifest.json`` and ``scenarios/<index>-<label>.json`` (each scenario's record
+    as soon as it finishes) are kept up to date, all files written atomically. On Ctrl-C (``KeyboardInterrupt``) or
+    an error, ``results.json`` and ``report.md`` are written with the scenarios that finished, the manifest is
+    marked ``interrupted`` or ``failed``, a warning is logged and the exception re-raised.
+
+    :param overwrite: replace an earlier run's results in ``output_dir`` (only the files a run writes).
+    :return: ``{"_description", "outcomes": [ScenarioResult, ...], "files": {...}, "output_dir"}``.
     """
-    suite = load_config(source if source is not None else DEFAULT_SCENARIO)
+    source = source if source is not None else DEFAULT_SCENARIO
+    suite = load_config(source)
+    output_dir = prepare_output_dir(output_dir if output_dir is not None else default_output_dir(),
+                                    overwrite=overwrite)
+    manifest = RunManifest(output_dir, suite, "<dict>" if isinstance(source, dict) else str(source))
+    scenarios = suite["scenarios"]
     cache: dict = {}
-    outcomes = []
-    for config in suite["scenarios"]:
-        logger.info("scenario: %s", " / ".join(scenario_label(config)))
-        outcomes.append(run_scenario(config, cache, verbose))
-    output_dir = Path(output_dir or Path("outputs") / time.strftime("evaluation-%Y%m%d-%H%M%S"))
-    files = write_reports(suite["_description"], outcomes, output_dir)
-    return {"_description": suite["_description"], "outcomes": outcomes, "files": files}
+    outcomes: list[ScenarioResult] = []
+    files: dict[str, str] = {}
+    try:
+        for index, config in enumerate(scenarios):
+            logger.info("scenario: %s (%d of %d)", " / ".join(scenario_label(config)), index + 1, len(scenarios))
+            manifest.start_scenario(index)
+            outcome = run_scenario(config, cache, verbose)
+            outcomes.append(outcome)
+            manifest.scenario_done(index, outcome.record)
+        files = write_reports(suite["_description"], outcomes, output_dir)
+    except BaseException as error:  # Ctrl-C included: what finished is written before the exception goes on
+        status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
+        _save_stopped_run(suite, outcomes, manifest, status, error)
+        raise
+    manifest.close("complete", {**files, "manifest": str(manifest.path)})
+    files["manifest"] = str(manifest.path)
+    logger.info("results: %s", output_dir)
+    return {"_description": suite["_description"], "outcomes": outcomes, "files": files, "output_dir": output_dir}
+
+
+def _save_stopped_run(suite: dict, outcomes: list[ScenarioResult], manifest: RunManifest, status: str,
+                      error: BaseException) -> None:
+    """Write the finished scenarios' reports and close the manifest; never mask the exception that stopped the run."""
+    total = len(suite["scenarios"])
+    try:
+        files = write_reports(suite["_description"], outcomes, manifest.output_dir, status=status, total=total)
+        manifest.close(status, files, error)
+    except BaseException as failure:  # a second Ctrl-C, a full disk: the scenario files are already safe
+        logger.error("could not write the reports of the stopped run to %s: %s", manifest.output_dir, failure)
+    reason = "interrupted" if status == "interrupted" else f"failed ({type(error).__name__}: {error})"
+    logger.warning("evaluation %s: %d of %d scenarios finished; their results are in %s (results.json, %s/, "
+                   "manifest.json)", reason, len(outcomes), total, manifest.output_dir, "scenarios")

@@ -185,6 +185,7 @@ def verify_suite(source, output_dir=None, n: int | None = None, verbose: bool = 
     from art_patch_defenses import __version__
     from art_patch_defenses.data import load_dataset
     from art_patch_defenses.evaluation.config import load_config
+    from art_patch_defenses.evaluation.results import write_atomic
     from art_patch_defenses.evaluation.runner import build_estimator, scenario_label
 
     suite = load_config(source)
@@ -208,7 +209,7 @@ def verify_suite(source, output_dir=None, n: int | None = None, verbose: bool = 
                         **report})
     output_dir = Path(output_dir or Path("outputs") / time.strftime("verify-%Y%m%d-%H%M%S"))
     output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "verify.json"
-    path.write_text(json.dumps({"art_patch_defenses_version": __version__, "reports": reports, "skipped": skipped,
-                                "timestamp": int(time.time())}, indent=2) + "\n")
+    path = write_atomic(output_dir / "verify.json",  # a reader never sees half a file
+                        json.dumps({"art_patch_defenses_version": __version__, "reports": reports,
+                                    "skipped": skipped, "timestamp": int(time.time())}, indent=2) + "\n")
     return {"reports": reports, "skipped": skipped, "file": path}
