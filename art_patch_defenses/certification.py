@@ -24,7 +24,6 @@ succeeded, a targeted one did not), which is how every accuracy of this package 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,10 +199,13 @@ class CertifierMixin(CheckedInputsMixin):
         return (labels != y) & (labels != ABSTAIN)
 
     def for_patch_size(self, patch_size: int):
-        """A separately configured copy of this certifier for ``patch_size`` (this one is left as it is)."""
-        clone = copy.deepcopy(self)
-        clone.set_params(patch_size=patch_size)
-        return clone
+        """A separately configured certifier for ``patch_size``, built from this one's parameters around the same
+        network (weights shared, not copied; this one is left as it is)."""
+        # Not a deep copy: ART's PyTorchClassifier pickles itself to deep-copy (it saves the model to ~/.art and
+        # reloads it), which writes files and can move the copy to another device.
+        params = {key: value for key, value in self.get_params().items()
+                  if key not in ("use_amp", "opt_level", "loss_scale")}
+        return type(self)(params.pop("model"), **{**params, "patch_size": patch_size})  # the model comes first
 
     def set_params(self, **kwargs: Any) -> None:
         """Set parameters and re-validate the defence; on a ``ValueError`` every parameter keeps its value."""

@@ -143,9 +143,13 @@ def test_another_patch_size_is_a_separate_object_and_settings_roll_back(certifie
     _, est = certifier
     x, y = data
     own = est.patch_size
+    before = est.certify(x, y)
     other = est.for_patch_size(own - 1)
     assert other is not est and other.patch_size == own - 1 and est.patch_size == own
     assert other.certify(x[:2], y[:2]).patch_size == own - 1
+    after = est.certify(x, y)  # the original is left exactly as it was
+    np.testing.assert_array_equal(before.prediction, after.prediction)
+    np.testing.assert_array_equal(before.certified, after.certified)
     with pytest.raises(ValueError, match="patch_size"):
         est.set_params(patch_size=0)
     assert est.patch_size == own

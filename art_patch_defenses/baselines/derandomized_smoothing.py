@@ -79,13 +79,13 @@ class PyTorchDeRandomizedSmoothingCertifier(CertifierMixin, PyTorchDeRandomizedS
         """The soft column vote's scores (log of the mean band softmax)."""
         return self.attack_surrogate().predict(self.check_inputs(x), batch_size=batch_size)
 
-    def __deepcopy__(self, memo: dict) -> PyTorchDeRandomizedSmoothingCertifier:
-        # ART's estimator holds a device-bound ablator; a copy for another patch size shares the network (the
-        # vote does not depend on the patch size), so a shallow copy with its own settings is enough.
+    def for_patch_size(self, patch_size: int) -> PyTorchDeRandomizedSmoothingCertifier:
+        """This estimator with another certified patch size (the vote does not depend on it, so the copy shares
+        everything else; ART's own estimator cannot be rebuilt from its parameters)."""
         import copy
 
         clone = copy.copy(self)
-        memo[id(self)] = clone
+        clone.set_params(patch_size=patch_size)
         return clone
 
 

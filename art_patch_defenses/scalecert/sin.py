@@ -171,14 +171,16 @@ class ScaleCertNet(nn.Module):
             self._excluded = self._superficial = None
 
     def __deepcopy__(self, memo: dict) -> ScaleCertNet:
-        # A plain deep copy can leave the copied layer's hook bound to another copy of this wrapper; rebuild the
-        # wrapper around a copy of the plain model instead, so the copy's hook is its own.
-        self._handle.remove()
+        # The layer's hook is a method of one wrapper; a plain deep copy can bind the copy's hook to yet another
+        # copy (ART copies its model shallowly before deep-copying it). Copy the plain model without the hook,
+        # leave the original's hook exactly as it was, and wrap the copy anew.
+        layer = dict(self.model.named_modules())[self.superficial_layer]
+        hooks = dict(layer._forward_hooks)
+        layer._forward_hooks.clear()
         try:
             model = copy.deepcopy(self.model, memo)
         finally:
-            self._handle = dict(self.model.named_modules())[self.superficial_layer].register_forward_hook(
-                self._apply_sin)
+            layer._forward_hooks.update(hooks)
         clone = ScaleCertNet(model, self.superficial_layer, self.sin.top_k, self.input_shape)
         clone.train(self.training)
         memo[id(self)] = clone
