@@ -112,6 +112,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     parser = argparse.ArgumentParser(prog="art-patch-defenses", description="Adversarial patch defences for ART")
@@ -123,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--overwrite", action="store_true",
                           help="replace another run's results in --output-dir (only the files a run writes)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    positive_int, positive_float = _positive(int), _positive(float)
+    evaluate.add_argument("--n", type=positive_int, default=None, help="quick run: evaluation images per scenario")
+    evaluate.add_argument("--max-iter", type=positive_int, default=None,
+                          help="quick run: iterations of every attack (each max_iter, apgd_iter and PGD run)")
+    evaluate.add_argument("--seed", type=_non_negative_int, default=None,
+                          help="one seed for every scenario's attack: placements, random starts, restarts")
     verify = commands.add_parser("verify", help="attack certified samples and count certificate violations")
     verify.add_argument("config", help="JSON/YAML config or suite whose model blocks build certifiers")
-    positive_int, positive_float = _positive(int), _positive(float)
     verify.add_argument("--n", type=positive_int, default=None,
                         help="evaluation images (default: the config's dataset.n)")
     verify.add_argument("--n-certified", type=positive_int, default=200, help="certified samples to attack")
@@ -165,8 +177,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     # run_suite validates the config and checks the output directory before it computes anything; a ValueError
     # later on (the runner has written what finished and said where) is reported the same way.
+    start = time.time()
     try:
-        summary = run_suite(args.config, args.output_dir, verbose=not args.quiet, overwrite=args.overwrite)
+        summary = run_suite(args.config, args.output_dir, verbose=not args.quiet, overwrite=args.overwrite,
+                            n=args.n, max_iter=args.max_iter, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -175,6 +189,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(summary["outcomes"]))
     for kind, path in summary["files"].items():
         print(f"{kind}: {path}")
+    print(f"done: {len(summary['outcomes'])} scenarios in {time.time() - start:.0f} s; outputs in "
+          f"{summary['output_dir']}")
     return 0
 
 

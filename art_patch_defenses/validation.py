@@ -109,7 +109,8 @@ class CheckedInputsMixin:
     silently wrong answer. Put it before the ART estimator in the bases.
 
     ``loss_gradient`` and ``class_gradient`` do not check the clip range: attacks with expectation over noise
-    (randomized smoothing) differentiate noisy copies beyond it.
+    (randomized smoothing) differentiate noisy copies beyond it; they leave framework tensors, which ART's
+    PyTorch attacks build and pass back themselves, as they are.
     """
 
     @property
@@ -119,7 +120,10 @@ class CheckedInputsMixin:
 
     def check_inputs(self, x: np.ndarray, name: str = "x", clip: bool = True) -> np.ndarray:
         """``x`` checked against the estimator (layout, shape, finite values, within ``clip_values`` unless
-        ``clip=False``) as float32."""
+        ``clip=False``) as float32. A framework tensor (ART's PyTorch attacks judge their own batches with
+        ``predict``) is taken to numpy first."""
+        if _is_tensor(x):
+            x = x.detach().cpu().numpy()
         check_images(x, name, input_shape=self.image_shape, clip_values=self.clip_values if clip else None,
                      channels_first=self.channels_first)
         return as_float_images(x)

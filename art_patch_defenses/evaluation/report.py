@@ -18,17 +18,27 @@ from art_patch_defenses.evaluation.results import (
 )
 
 TABLE_HEADER = (
-    "| model | defence | attack | patch (px, area) | n | benign acc | adversarial acc | certified acc "
-    "| abstain / alert (benign, adv.) | max change outside patch |",
+    "| model | defence | attack | patch (px, area) | n | clean acc | attacked acc | certified acc (kind, patch) "
+    "| abstain / alert (clean, attacked) | max change outside patch |",
     "|---|---|---|---|---|---|---|---|---|---|",
 )
+#: What the columns mean, printed under every table.
+TABLE_LEGEND = (
+    "clean / attacked acc: the defended prediction right on clean / attacked images (an abstention or alert counts "
+    "as wrong). certified acc, from the certifier's own certify on the clean images, for the patch it is configured "
+    "for: recovery = right and no patch of that size anywhere can change the prediction; detection = right and any "
+    "such patch either leaves it right or raises an alert; region-L2 = right with an L2 radius of at least 25/255 "
+    "inside the localised region (not a patch certificate). Empirical defences certify nothing (-)."
+)
+KIND_SHORT = {"recovery": "recovery", "detection": "detection", "region-L2": "region L2"}
 
 
 def _certified(results: dict) -> str:
     if "certified_accuracy" not in results:
         return "-"
     side = results["certified_patch_pixels"]
-    return f"{results['certified_accuracy']:.3f} ({side}x{side})"
+    kind = KIND_SHORT.get(results.get("certificate_kind", ""), "")
+    return f"{results['certified_accuracy']:.3f} ({kind}, {side}x{side})"
 
 
 def _abstain(results: dict) -> str:
@@ -38,7 +48,7 @@ def _abstain(results: dict) -> str:
 
 
 def markdown_table(outcomes: list[ScenarioResult]) -> str:
-    """A Markdown table, one row per scenario, with the attack's patch geometry beside its numbers."""
+    """A Markdown table, one row per scenario, with the attack's patch geometry beside its numbers, and a legend."""
     rows = list(TABLE_HEADER)
     for outcome in outcomes:
         model, defense, attack = scenario_label(outcome.record["config"])
@@ -49,7 +59,7 @@ def markdown_table(outcomes: list[ScenarioResult]) -> str:
             f"{r['benign_mean_categorical_accuracy']:.3f} | {r['adversarial_mean_categorical_accuracy']:.3f} | "
             f"{_certified(r)} | {_abstain(r)} | {r['max_change_outside_patch']:.2g} |"
         )
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\n" + TABLE_LEGEND
 
 
 def _show(axis, image: np.ndarray, title: str) -> None:
@@ -59,9 +69,15 @@ def _show(axis, image: np.ndarray, title: str) -> None:
     axis.axis("off")
 
 
+def _label_name(label: int, names, certificate_kind: str | None) -> str:
+    if label >= 0:
+        return str(names[label])
+    return "alert" if certificate_kind == "detection" else "abstain"
+
+
 def plot_report(outcomes: list[ScenarioResult], path: Path) -> None:
-    """Accuracy bars per scenario, then for each scenario a row of clean and patched examples with labels; the PNG
-    is written atomically."""
+    """Clean, attacked and certified accuracy per scenario, then for each scenario a titled row of examples (true
+    label, clean prediction, attacked prediction or abstain / alert); the PNG is written atomically."""
     os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
     import matplotlib
 
@@ -69,30 +85,32 @@ def plot_report(outcomes: list[ScenarioResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n_examples = min(len(o.examples["x"]) for o in outcomes)
-    figure = plt.figure(figsize=(max(8, 1.3 * 2 * n_examples), 3 + 1.6 * len(outcomes)))
-    grid = figure.add_gridspec(1 + len(outcomes), 2 * n_examples, height_ratios=[2.2] + [1] * len(outcomes))
-    bars = figure.add_subplot(grid[0, :])
-    labels = ["\n".join(scenario_label(o.record["config"])) for o in outcomes]
+    figure = plt.figure(figsize=(max(9, 1.35 * 2 * n_examples), 4.4 + 1.9 * len(outcomes)), layout="constrained")
+    top, *rows = figure.subfigures(1 + len(outcomes), 1, height_ratios=[2.6] + [1] * len(outcomes))
+    bars = top.subplots()
+    labels = ["\n".join(scenario_label(o.record["config"])[1:]) for o in outcomes]  # defence, attack
     positions = np.arange(len(outcomes))
-    benign = [o.record["results"]["benign_mean_categorical_accuracy"] for o in outcomes]
-    adversarial = [o.record["results"]["adversarial_mean_categorical_accuracy"] for o in outcomes]
-    bars.bar(positions - 0.2, benign, 0.4, label="benign")
-    bars.bar(positions + 0.2, adversarial, 0.4, label="adversarial")
+    results = [o.record["results"] for o in outcomes]
+    columns = (("clean", "benign_mean_categorical_accuracy"), ("attacked", "adversarial_mean_categorical_accuracy"),
+               ("certified (clean images)", "certified_accuracy"))
+    for k, (name, key) in enumerate(columns):
+        values = [r.get(key, np.nan) for r in results]
+        drawn = bars.bar(positions + (k - 1) * 0.27, np.nan_to_num(values), 0.27, label=name)
+        bars.bar_label(drawn, [("" if np.isnan(v) else f"{v:.2f}") for v in values], fontsize=6)
     bars.set_xticks(positions, labels, fontsize=7)
-    bars.set_ylim(0, 1)
+    bars.set_ylim(0, 1.12)
     bars.set_ylabel("accuracy")
-    bars.legend(fontsize=7)
-    for row, outcome in enumerate(outcomes, start=1):
-        e = outcome.examples
+    bars.set_title("Accuracy per scenario: clean, under the scenario's attack, certified (certifiers only)", fontsize=9)
+    bars.legend(fontsize=7, ncol=3, loc="upper right")
+    for row, outcome in zip(rows, outcomes, strict=True):
+        e, kind = outcome.examples, outcome.record["results"].get("certificate_kind")
         names = e["class_names"]
-
-        def name(label: int, names=names) -> str:
-            return "abstain" if label < 0 else str(names[label])
-
+        row.suptitle(" / ".join(scenario_label(outcome.record["config"])), fontsize=8, fontweight="bold", x=0.02,
+                     ha="left")
+        axes = row.subplots(1, 2 * n_examples)
         for i in range(n_examples):
-            _show(figure.add_subplot(grid[row, 2 * i]), e["x"][i], f"clean: {name(e['benign'][i])}")
-            _show(figure.add_subplot(grid[row, 2 * i + 1]), e["x_adv"][i], f"adv: {name(e['adversarial'][i])}")
-    figure.tight_layout()
+            _show(axes[2 * i], e["x"][i], f"true {names[e['y'][i]]}, clean: {_label_name(e['benign'][i], names, kind)}")
+            _show(axes[2 * i + 1], e["x_adv"][i], f"attacked: {_label_name(e['adversarial'][i], names, kind)}")
     try:
         with atomic_path(path) as temporary:
             figure.savefig(temporary, dpi=110, format="png")  # the temporary name's suffix is not .png

@@ -10,6 +10,8 @@ a run stopped by Ctrl-C or an error still writes ``results.json`` with the scena
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import logging
 import time
@@ -20,10 +22,10 @@ from tqdm.auto import tqdm
 
 from art_patch_defenses import __version__
 from art_patch_defenses.attacks.masked import seed_art_random_start
-from art_patch_defenses.certification import CertifierMixin, predict_labels
+from art_patch_defenses.certification import ABSTAIN, DETECTION, CertifierMixin, predict_labels
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.evaluation.config import attack_patch_shape, load_config, resolve
-from art_patch_defenses.evaluation.metrics import mask_precision_recall_f1
+from art_patch_defenses.evaluation.metrics import accuracy_interval, mask_precision_recall_f1
 from art_patch_defenses.evaluation.report import write_reports
 from art_patch_defenses.evaluation.results import RunManifest, ScenarioResult, prepare_output_dir, scenario_label
 from art_patch_defenses.geometry import (
@@ -116,12 +118,16 @@ def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: b
         generate_kwargs = dict(attack.get("generate_kwargs") or {})
         if targets is not None:
             kwargs.setdefault("targeted", True)
+        facts = {}
         if isinstance(component, type):
             instance = component(estimator, **kwargs)
             x_adv = instance.generate(x, y=labels, mask=expand_masks(masks, x), **generate_kwargs)
+            if getattr(instance, "last_masks", None) is not None:  # an attack that chose its own placements
+                masks = np.asarray(instance.last_masks, dtype=bool)
+            if getattr(instance, "report", None) is not None:  # what an ensemble ran, attack by attack
+                facts["attack_report"] = dataclasses.asdict(instance.report)
         else:
             x_adv = component(estimator, x, expand_masks(masks, x), y=labels, **kwargs, **generate_kwargs)
-        facts = {}
     facts.update(
         patch_pixels=list(shape), patch_area_fraction=round(patch_area_fraction(shape, image_hw), 4),
         location=attack["location"], location_seed=seed,
@@ -147,13 +153,16 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
     )
     estimator = build_estimator(config, cache)
     batch_size = int(dataset.get("batch_size", 128))
-    benign = labels_in_batches(estimator, data.x, batch_size, "benign", verbose)
+    benign = labels_in_batches(estimator, data.x, batch_size, "predict clean images", verbose)
     x_adv, masks, facts = run_attack(estimator, config, data.x, data.y, verbose)
-    adversarial = labels_in_batches(estimator, x_adv, batch_size, "adversarial", verbose)
+    adversarial = labels_in_batches(estimator, x_adv, batch_size, "predict attacked images", verbose)
     outside = ~expand_masks(masks, data.x).astype(bool)
+    n = len(data)
     results = {
         "benign_mean_categorical_accuracy": float(np.mean(benign == data.y)),
+        "benign_accuracy_interval_95": accuracy_interval(int(np.sum(benign == data.y)), n),
         "adversarial_mean_categorical_accuracy": float(np.mean(adversarial == data.y)),
+        "adversarial_accuracy_interval_95": accuracy_interval(int(np.sum(adversarial == data.y)), n),
         "perturbation_mean_linf": float(np.abs(x_adv - data.x).reshape(len(x_adv), -1).max(1).mean()),
         "max_change_outside_patch": float(np.abs(x_adv - data.x)[outside].max(initial=0.0)),
         "abstain_rate_benign": float(np.mean(benign == -1)),
@@ -163,10 +172,13 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
         **facts,
     }
     if isinstance(estimator, CertifierMixin):  # its own certificate (for its configured patch), clean images
-        certified = estimator.certify(data.x, data.y, batch_size=batch_size)
+        certified = estimator.certify(data.x, data.y, batch_size=batch_size, verbose=verbose)
         results["certified_accuracy"] = float(np.mean(certified.certified))
+        results["certified_accuracy_interval_95"] = accuracy_interval(int(np.sum(certified.certified)), n)
         results["certified_patch_pixels"] = int(estimator.patch_size)
         results["certificate_kind"] = estimator.certificate_kind
+        if estimator.certificate_kind == DETECTION:  # the detection guarantee: right, or an alert
+            results["adversarial_right_or_alert"] = float(np.mean((adversarial == data.y) | (adversarial == ABSTAIN)))
     for defence in estimator.preprocessing_defences or []:
         if hasattr(defence, "masks"):  # a patch detector: how well its segmentation found the attacker's patch
             quality = mask_precision_recall_f1(defence.masks(x_adv, dilated=False), masks)
@@ -181,7 +193,7 @@ def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) 
         "results": results,
         "timestamp": int(time.time()),
     }
-    keep = slice(0, N_EXAMPLES)
+    keep = np.unique(np.linspace(0, len(data) - 1, N_EXAMPLES).astype(int))  # spread over the class-sorted slice
     examples = {
         "x": data.x[keep], "x_adv": x_adv[keep], "y": data.y[keep], "benign": benign[keep],
         "adversarial": adversarial[keep], "class_names": np.asarray(data.class_names),
@@ -199,9 +211,31 @@ def default_output_dir() -> Path:
     return candidate
 
 
+def with_overrides(config: dict, n: int | None = None, max_iter: int | None = None, seed: int | None = None) -> dict:
+    """A copy of a scenario config with the quick-run overrides of ``evaluate --n / --max-iter / --seed``:
+    ``dataset.n``; every iteration count of the attack's kwargs (``max_iter``, ``apgd_iter``, each PGD run of an
+    ensemble's ``pgd``); ``attack.seed`` (and the attack's own ``seed`` keyword, where it has one)."""
+    config = copy.deepcopy(config)
+    kwargs = config["attack"].setdefault("kwargs", {}) or {}
+    config["attack"]["kwargs"] = kwargs
+    if n is not None:
+        config["dataset"]["n"] = n
+    if max_iter is not None:
+        for key in ("max_iter", "apgd_iter"):
+            if key in kwargs:
+                kwargs[key] = max_iter
+        if "pgd" in kwargs:
+            kwargs["pgd"] = [[step, max_iter] for step, _ in kwargs["pgd"]]
+    if seed is not None:
+        config["attack"]["seed"] = seed
+        if "seed" in kwargs:
+            kwargs["seed"] = seed
+    return config
+
+
 def run_suite(
     source: str | Path | dict | None = None, output_dir: str | Path | None = None, verbose: bool = True, *,
-    overwrite: bool = False,
+    overwrite: bool = False, n: int | None = None, max_iter: int | None = None, seed: int | None = None,
 ) -> dict:
     """Run a config or suite (default: the embedded scenario); write JSON, Markdown and PNG reports.
 
@@ -214,10 +248,15 @@ def run_suite(
     marked ``interrupted`` or ``failed``, a warning is logged and the exception re-raised.
 
     :param overwrite: replace an earlier run's results in ``output_dir`` (only the files a run writes).
+    :param n: quick runs: evaluation images, ``max_iter``: attack iterations, ``seed``: the attacks' seed, for
+        every scenario (:func:`with_overrides`).
     :return: ``{"_description", "outcomes": [ScenarioResult, ...], "files": {...}, "output_dir"}``.
     """
     source = source if source is not None else DEFAULT_SCENARIO
     suite = load_config(source)
+    if n is not None or max_iter is not None or seed is not None:  # checked again, as the user wrote them
+        suite = load_config({"_description": suite["_description"],
+                             "scenarios": [with_overrides(c, n, max_iter, seed) for c in suite["scenarios"]]})
     output_dir = prepare_output_dir(output_dir if output_dir is not None else default_output_dir(),
                                     overwrite=overwrite)
     manifest = RunManifest(output_dir, suite, "<dict>" if isinstance(source, dict) else str(source))
