@@ -179,3 +179,16 @@ def test_check_labels_accepts_exactly_the_integral_classes(values):
     else:
         with pytest.raises(ValueError):
             check_labels(y, len(y), 10)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": 0}, "n must be a positive integer"), ({"n": 4.5}, "n must be a positive integer"),
+    ({"n": "4"}, "n must be a positive integer"), ({"n": True}, "n must be a positive integer"),
+    ({"seed": "0"}, "seed must be a non-negative integer"), ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"split": "validation"}, "split must be"),
+])
+def test_data_loader_arguments_are_checked(kwargs, message):
+    from art_patch_defenses.data import load_dataset
+
+    with pytest.raises(ValueError, match=message):
+        load_dataset("mnist_embedded", **{"split": "test", **kwargs})

@@ -194,7 +194,16 @@ def load_dataset(
     name: str, split: str = "test", n: int | None = None, seed: int = 0, root: str | Path | None = None,
     channels_first: bool = True, download: bool = False,
 ) -> ImageDataset:
-    """Load a data set by name: one of :data:`DATASETS`."""
+    """Load a data set by name: one of :data:`DATASETS`.
+
+    :param n: a class-balanced subset of ``n`` images (a positive integer), or None for the whole split.
+    :param seed: the subset's seed (a non-negative integer).
+    :raises ValueError: for an unknown name or split, or a bad ``n`` / ``seed`` (a bool is not a number).
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"n must be a positive integer (images) or None, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if name == "cifar10":
         return load_image_folder(root, split, n, seed, channels_first)
     if name == "cifar10_torchvision":
