@@ -6,6 +6,11 @@
   and report certificate violations (a sound certifier has none).
 - ``art-patch-defenses finetune --depth 56``: fine-tune a pretrained CIFAR ResNet on the JPEG training set.
 
+``evaluate`` and ``verify`` launched by ``torchrun --nproc-per-node N -m art_patch_defenses.cli ...`` run sharded
+(:mod:`art_patch_defenses.evaluation.distributed`): each rank computes its chunks, rank 0 merges them and writes
+and prints the results; the other ranks print nothing but warnings. ``--sharded`` runs the same chunked scheme in
+one process (its results equal any number of processes'), ``--resume`` continues such a run in its output directory.
+
 For evaluate and verify, a config error or an unusable output directory exits with 2 and ``error: ...`` before any
 computation; Ctrl-C exits with 130 (SIGTERM with 143) after the finished scenarios are written. The library's
 ``logging`` lines (``scenario: ...``) go to stderr unless ``--quiet`` (which keeps warnings).
@@ -119,6 +124,22 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _add_shard_options(parser: argparse.ArgumentParser, positive_int: Callable, what: str) -> None:
+    parser.add_argument("--sharded", action="store_true",
+                        help=f"{what} in fixed chunks with per-chunk records under OUTPUT_DIR/shards, as a torchrun "
+                             "launch does (the results do not depend on the number of processes)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue a sharded {what} of the same config in --output-dir: finished chunks are "
+                             "read back, not computed again (implies --sharded)")
+    parser.add_argument("--chunk-per-class", type=positive_int, default=1,
+                        help="images of each class per chunk (default 1: shards differ by at most one image per "
+                             "class; larger chunks batch better)")
+
+
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     parser = argparse.ArgumentParser(prog="art-patch-defenses", description="Adversarial patch defences for ART")
@@ -136,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="quick run: iterations of every attack (each max_iter, apgd_iter and PGD run)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=None,
                           help="one seed for every scenario's attack: placements, random starts, restarts")
+    _add_shard_options(evaluate, positive_int, "run")
     verify = commands.add_parser("verify", help="attack certified samples and count certificate violations")
     verify.add_argument("config", help="JSON/YAML config or suite whose model blocks build certifiers")
     verify.add_argument("--n", type=positive_int, default=None,
@@ -145,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--max-iter", type=positive_int, default=10, help="PGD iterations per attack")
     verify.add_argument("--eps-step", type=positive_float, default=0.1, help="L-inf PGD step (MRS: radius / 4, L2)")
     verify.add_argument("--output-dir", default=None, help="where to write verify.json (default outputs/...)")
+    verify.add_argument("--overwrite", action="store_true",
+                        help="discard an earlier sharded verify's chunks in --output-dir")
     verify.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    _add_shard_options(verify, positive_int, "verify")
     # The fine-tuning parser owns its options, --help included: whatever follows "finetune" goes to it as is
     # (argparse.REMAINDER would refuse a first argument that starts with "-").
     commands.add_parser("finetune", add_help=False, help="fine-tune a pretrained CIFAR ResNet on JPEG CIFAR-10 "
@@ -160,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest:  # what parse_args does for the other sub-commands
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
-    with _library_logging(args.quiet), _terminate_as_interrupt():
+    quiet = args.quiet or os.environ.get("RANK", "0") not in ("", "0")  # one rank speaks for a sharded run
+    with _library_logging(quiet), _terminate_as_interrupt():
         try:
             return _verify(args) if args.command == "verify" else _evaluate(args)
         except Terminated:
@@ -180,10 +206,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     start = time.time()
     try:
         summary = run_suite(args.config, args.output_dir, verbose=not args.quiet, overwrite=args.overwrite,
-                            n=args.n, max_iter=args.max_iter, seed=args.seed)
+                            n=args.n, max_iter=args.max_iter, seed=args.seed, sharded=args.sharded or None,
+                            resume=args.resume, images_per_class=args.chunk_per_class)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if summary.get("rank", 0) != 0:  # rank 0 reports the merged run
+        return 0
     print()
     print(summary["_description"])
     print(markdown_table(summary["outcomes"]))
@@ -202,17 +231,21 @@ def _verify(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or Path("outputs") / time.strftime("verify-%Y%m%d-%H%M%S")
     try:  # before any computation: the config, then the output directory
         load_config(args.config)
-        check_output_dir(output_dir)
+        if _is_main_rank():
+            check_output_dir(output_dir)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         summary = verify_suite(args.config, output_dir, n=args.n, verbose=not args.quiet,
                                n_certified=args.n_certified, placements=args.placements, max_iter=args.max_iter,
-                               eps_step=args.eps_step)
+                               eps_step=args.eps_step, sharded=args.sharded or None, resume=args.resume,
+                               overwrite=args.overwrite, images_per_class=args.chunk_per_class)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if summary.get("rank", 0) != 0:  # rank 0 reports the merged run
+        return 0
     print("\n| scenario | patch | certified samples attacked | attacked patches | fooled base | violations |")
     print("|---|---|---|---|---|---|")
     for report in summary["reports"]:

@@ -28,7 +28,9 @@ from art_patch_defenses import __version__
 #: The files and directory an evaluation run writes into its output directory.
 MANIFEST = "manifest.json"
 SCENARIO_DIR = "scenarios"
-RUN_ARTEFACTS = (MANIFEST, "config.json", "results.json", "report.md", "report.png", SCENARIO_DIR)
+#: Where a sharded run keeps its finished chunks (:mod:`art_patch_defenses.evaluation.distributed`).
+SHARD_DIR = "shards"
+RUN_ARTEFACTS = (MANIFEST, "config.json", "results.json", "report.md", "report.png", SCENARIO_DIR, SHARD_DIR)
 #: Run states in ``manifest.json``: ``running`` while it runs (and if the process was killed), then one of the others.
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 
@@ -138,19 +140,37 @@ def check_output_dir(path: str | Path) -> Path:
     return output_dir
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool = False) -> Path:
+def suite_text(suite: dict) -> str:
+    """The validated suite as ``config.json`` holds it."""
+    return json.dumps(suite, indent=2, default=jsonable) + "\n"
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool = False, resume: dict | None = None) -> Path:
     """:func:`check_output_dir`, and refuse to mix runs: a directory holding an earlier run's artefacts
     (:data:`RUN_ARTEFACTS`) is refused unless ``overwrite``, which removes those artefacts (and nothing else)
-    before the new run starts.
+    before the new run starts, or ``resume``.
 
-    :raises OutputDirError: as :func:`check_output_dir`, or for an earlier run's results without ``overwrite``.
+    :param resume: the suite of a run to continue: an earlier run of the same suite (its ``config.json``) keeps
+        its finished chunks (:data:`SHARD_DIR`) and only its reports are removed; an empty directory is fine.
+    :raises OutputDirError: as :func:`check_output_dir`, or for an earlier run's results without ``overwrite``,
+        or of another config with ``resume``.
     """
     output_dir = check_output_dir(path)
     found = previous_run_files(output_dir)
-    if found and not overwrite:
+    if found and resume is not None and not overwrite:
+        config = output_dir / "config.json"
+        if config.exists() and config.read_text() != suite_text(resume):
+            raise OutputDirError(
+                f"output directory {output_dir} holds a run of another config (its config.json differs: config, "
+                "--n, --max-iter or --seed); --resume continues the same run only: choose another --output-dir, "
+                "or pass --overwrite to replace it"
+            )
+        found = [name for name in found if name != SHARD_DIR]
+    elif found and not overwrite:
+        hint = " or --resume to continue a sharded run" if SHARD_DIR in found else ""
         raise OutputDirError(
             f"output directory {output_dir} holds another run's results ({', '.join(found)}); choose another "
-            "--output-dir, or pass --overwrite (overwrite=True) to replace them"
+            f"--output-dir, or pass --overwrite (overwrite=True) to replace them{hint}"
         )
     for name in found:
         _remove_artefact(output_dir / name)
@@ -158,6 +178,17 @@ def prepare_output_dir(path: str | Path, *, overwrite: bool = False) -> Path:
 
 
 def _remove_artefact(path: Path) -> None:
+    if path.name == SHARD_DIR and path.is_dir():  # chunk stores: only the files a sharded run writes
+        for store in path.iterdir():
+            if store.is_dir() and (store / "meta.json").exists():
+                for member in store.iterdir():
+                    if member.is_file() and member.suffix in (".json", ".npz", ".tmp"):
+                        member.unlink()
+                with contextlib.suppress(OSError):
+                    store.rmdir()
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        return
     if not path.is_dir():
         path.unlink(missing_ok=True)
         return
@@ -189,7 +220,7 @@ class RunManifest:
         self.output_dir = Path(output_dir)
         scenarios = suite["scenarios"]
         width = max(2, len(str(len(scenarios) - 1)))
-        config_text = json.dumps(suite, indent=2, default=jsonable) + "\n"
+        config_text = suite_text(suite)
         self.data: dict[str, Any] = {
             "art_patch_defenses_version": __version__,
             "status": "running",
@@ -242,6 +273,15 @@ class RunManifest:
         self.data["scenarios_complete"] += 1
         self.write()
         return path
+
+    def note_chunks(self, index: int, stats: list[Any]) -> None:
+        """Record how a sharded scenario's chunks were obtained, per rank: computed now or read back."""
+        self.data["scenarios"][index]["chunks"] = {
+            "computed": sum(len(rank.computed) for rank in stats),
+            "reused": sum(len(rank.reused) for rank in stats),
+            "per_rank": [{"computed": list(rank.computed), "reused": list(rank.reused)} for rank in stats],
+        }
+        self.write()
 
     def close(self, status: str, files: dict[str, str] | None = None, error: BaseException | None = None) -> None:
         """Record how the run ended (one of :data:`RUN_STATUSES` but ``running``) and the report files."""

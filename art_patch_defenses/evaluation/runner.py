@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,9 +26,29 @@ from art_patch_defenses.attacks.masked import seed_art_random_start
 from art_patch_defenses.certification import ABSTAIN, DETECTION, CertifierMixin, predict_labels
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.evaluation.config import attack_patch_shape, load_config, resolve
-from art_patch_defenses.evaluation.metrics import accuracy_interval, mask_precision_recall_f1
+from art_patch_defenses.evaluation.distributed import (
+    ChunkStore,
+    DistContext,
+    ShardMismatchError,
+    UnitStats,
+    broadcast_object,
+    chunk_seed,
+    init_distributed,
+    make_chunks,
+    sharded_map,
+    shutdown,
+)
+from art_patch_defenses.evaluation.metrics import accuracy_interval
 from art_patch_defenses.evaluation.report import write_reports
-from art_patch_defenses.evaluation.results import RunManifest, ScenarioResult, prepare_output_dir, scenario_label
+from art_patch_defenses.evaluation.results import (
+    SHARD_DIR,
+    OutputDirError,
+    RunManifest,
+    ScenarioResult,
+    atomic_path,
+    prepare_output_dir,
+    scenario_label,
+)
 from art_patch_defenses.geometry import (
     expand_masks,
     paste_patch,
@@ -87,32 +108,72 @@ def _targets(attack: dict, y: np.ndarray) -> np.ndarray | None:
     return np.full_like(y, int(scheme["value"]))
 
 
-def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: bool = True):
-    """Run the scenario's attack; return adversarial images, the patch masks ``(n, H, W)`` and attack facts."""
-    attack, dataset = config["attack"], config["dataset"]
-    image_hw = x.shape[2:4]
-    shape = attack_patch_shape(attack["patch_size"], image_hw)
-    seed = int(attack.get("seed", 0))
-    targets = _targets(attack, y)
-    if attack["location"] == "random":
-        locations = random_locations(len(x), image_hw, shape, seed)
-    else:
-        locations = np.tile(np.asarray(attack["location"], dtype=int), (len(x), 1))
+def _fixed_target(attack: dict) -> int | None:
+    """The class a targeted attack aims at (``targeted_labels`` ``fixed``), or None for an untargeted one."""
+    targets = _targets(attack, np.zeros(1, dtype=int))
+    return None if targets is None else int(targets[0])
+
+
+def _attack_component(config: dict, verbose: bool):
+    attack = config["attack"]
     component = resolve(attack["module"], attack["name"])
     kwargs = dict(attack.get("kwargs") or {})
     if _takes_keyword(component, "verbose"):  # not every attack has a progress bar to switch
         kwargs.setdefault("verbose", verbose)
+    return component, kwargs
+
+
+def _train_patch(estimator, config: dict, shape: tuple[int, int], verbose: bool) -> tuple[np.ndarray, dict]:
+    attack, dataset = config["attack"], config["dataset"]
+    seed = int(attack.get("seed", 0))
+    component, kwargs = _attack_component(config, verbose)
     seed_art_random_start(seed)  # ART's random starts draw from the global generators: one seed fixes them too
+    train = load_dataset(
+        dataset["name"], dataset.get("train_split", "train"), n=dataset.get("patch_train_n", 500),
+        seed=seed, root=dataset.get("root"), download=dataset.get("download", False),
+    )
+    patch = component(estimator, train.x, train.y, patch_size=shape, target=_fixed_target(attack), **kwargs)
+    return patch, {"patch_trained_on": f"{len(train)} {dataset['name']} {dataset.get('train_split', 'train')} images"}
+
+
+def attack_locations(config: dict, count: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """The ``(count, 2)`` top-left patch places of a scenario's ``count`` images, in slice order: drawn from
+    ``attack.seed`` for ``"random"``, else the fixed place."""
+    attack = config["attack"]
+    shape = attack_patch_shape(attack["patch_size"], image_hw)
+    if attack["location"] == "random":
+        return random_locations(count, image_hw, shape, int(attack.get("seed", 0)))
+    return np.tile(np.asarray(attack["location"], dtype=int), (count, 1))
+
+
+def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: bool = True, *,
+               locations: np.ndarray | None = None, patch: tuple[np.ndarray, dict] | None = None,
+               seed: int | None = None):
+    """Run the scenario's attack; return adversarial images, the patch masks ``(n, H, W)`` and attack facts.
+
+    The keyword arguments serve a sharded run, where ``x`` is one chunk of the slice:
+
+    :param locations: the images' patch places (default: :func:`attack_locations` of these images).
+    :param patch: ``(patch, facts)`` of a universal patch already trained (``_train_patch``), pasted instead of
+        training one.
+    :param seed: seeds ART's random starts and the attack's own ``seed`` keyword instead of ``attack.seed``.
+    """
+    attack = config["attack"]
+    image_hw = x.shape[2:4]
+    shape = attack_patch_shape(attack["patch_size"], image_hw)
+    attack_seed = int(attack.get("seed", 0))
+    targets = _targets(attack, y)
+    if locations is None:
+        locations = attack_locations(config, len(x), image_hw)
+    component, kwargs = _attack_component(config, verbose)
+    if seed is not None and _names_keyword(component, "seed"):
+        kwargs["seed"] = seed
     if attack["type"] == "patch":
-        train = load_dataset(
-            dataset["name"], dataset.get("train_split", "train"), n=dataset.get("patch_train_n", 500),
-            seed=seed, root=dataset.get("root"), download=dataset.get("download", False),
-        )
-        target = None if targets is None else int(targets[0])
-        patch = component(estimator, train.x, train.y, patch_size=shape, target=target, **kwargs)
-        x_adv, masks = paste_patch(x, patch, locations)
-        facts = {"patch_trained_on": f"{len(train)} {dataset['name']} {dataset.get('train_split', 'train')} images"}
+        trained, facts = patch if patch is not None else _train_patch(estimator, config, shape, verbose)
+        facts = dict(facts)
+        x_adv, masks = paste_patch(x, trained, locations)
     else:
+        seed_art_random_start(attack_seed if seed is None else seed)  # ART's random starts: the global generators
         masks = patch_masks(image_hw, shape, locations)
         labels = targets if targets is not None else (y if attack.get("use_label", True) else None)
         generate_kwargs = dict(attack.get("generate_kwargs") or {})
@@ -130,9 +191,17 @@ def run_attack(estimator, config: dict, x: np.ndarray, y: np.ndarray, verbose: b
             x_adv = component(estimator, x, expand_masks(masks, x), y=labels, **kwargs, **generate_kwargs)
     facts.update(
         patch_pixels=list(shape), patch_area_fraction=round(patch_area_fraction(shape, image_hw), 4),
-        location=attack["location"], location_seed=seed,
+        location=attack["location"], location_seed=attack_seed,
     )
     return x_adv.astype(np.float32), masks, facts
+
+
+def _names_keyword(target, name: str) -> bool:
+    """Whether ``target`` names the keyword ``name`` itself (not only through ``**kwargs``)."""
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _takes_keyword(target, name: str) -> bool:
@@ -143,62 +212,235 @@ def _takes_keyword(target, name: str) -> bool:
     return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
-def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) -> ScenarioResult:
-    """Evaluate one validated scenario config; return its Armory-shaped record and example images."""
-    start = time.time()
-    dataset = config["dataset"]
-    data = load_dataset(
-        dataset["name"], dataset.get("eval_split", "test"), n=dataset.get("n"), seed=dataset.get("seed", 0),
-        root=dataset.get("root"), download=dataset.get("download", False),
-    )
-    estimator = build_estimator(config, cache)
-    batch_size = int(dataset.get("batch_size", 128))
-    benign = labels_in_batches(estimator, data.x, batch_size, "predict clean images", verbose)
-    x_adv, masks, facts = run_attack(estimator, config, data.x, data.y, verbose)
+def evaluate_samples(estimator, config: dict, x: np.ndarray, y: np.ndarray, batch_size: int, verbose: bool = True,
+                     *, locations: np.ndarray | None = None, patch: tuple[np.ndarray, dict] | None = None,
+                     seed: int | None = None, certify_seed: int | None = None,
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """Predict, attack, predict again and certify ``x``; return the per-sample outcomes, the adversarial images
+    and the attack's facts.
+
+    The outcomes are arrays with one entry per image: ``label``, ``benign`` and ``adversarial`` predictions (-1:
+    abstain / alert), ``linf`` (the largest change) and ``outside`` (the largest change outside the patch);
+    ``certified`` for a certifier (its own ``certify``); ``detector_hits`` / ``_predicted`` / ``_true`` (pixel
+    counts) for a patch detector. ``locations``, ``patch`` and ``seed`` are :func:`run_attack`'s; ``certify_seed``
+    is passed to ``certify`` as its ``seed`` (a sharded run's per-chunk seed).
+    """
+    benign = labels_in_batches(estimator, x, batch_size, "predict clean images", verbose)
+    x_adv, masks, facts = run_attack(estimator, config, x, y, verbose, locations=locations, patch=patch, seed=seed)
     adversarial = labels_in_batches(estimator, x_adv, batch_size, "predict attacked images", verbose)
-    outside = ~expand_masks(masks, data.x).astype(bool)
-    n = len(data)
+    change = np.abs(x_adv - x).reshape(len(x), -1)
+    outside = ~expand_masks(masks, x).astype(bool).reshape(len(x), -1)
+    samples = {"label": np.asarray(y), "benign": benign, "adversarial": adversarial, "linf": change.max(1),
+               "outside": np.where(outside, change, 0.0).max(1)}
+    if isinstance(estimator, CertifierMixin):  # its own certificate (for its configured patch), clean images
+        seeded = {} if certify_seed is None else {"seed": certify_seed}
+        samples["certified"] = estimator.certify(x, y, batch_size=batch_size, verbose=verbose, **seeded).certified
+    for defence in estimator.preprocessing_defences or []:
+        if hasattr(defence, "masks"):  # a patch detector: how well its segmentation found the attacker's patch
+            found, true = np.asarray(defence.masks(x_adv, dilated=False), bool), np.asarray(masks, bool)
+            samples.update(detector_hits=(found & true).reshape(len(x), -1).sum(1),
+                           detector_predicted=found.reshape(len(x), -1).sum(1),
+                           detector_true=true.reshape(len(x), -1).sum(1))
+    return samples, x_adv, facts
+
+
+def _detector_quality(hits: int, predicted: int, true: int) -> dict[str, float]:
+    """:func:`~art_patch_defenses.evaluation.metrics.mask_precision_recall_f1` from pooled pixel counts."""
+    precision = float(np.float64(hits) / predicted) if predicted else 0.0
+    recall = float(np.float64(hits) / true) if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def summarise(config: dict, estimator, samples: dict[str, np.ndarray], facts: dict, seconds: float) -> dict:
+    """The Armory-shaped ``results`` of a scenario from its per-sample outcomes (:func:`evaluate_samples`)."""
+    y, benign, adversarial = samples["label"], samples["benign"], samples["adversarial"]
+    n = len(y)
     results = {
-        "benign_mean_categorical_accuracy": float(np.mean(benign == data.y)),
-        "benign_accuracy_interval_95": accuracy_interval(int(np.sum(benign == data.y)), n),
-        "adversarial_mean_categorical_accuracy": float(np.mean(adversarial == data.y)),
-        "adversarial_accuracy_interval_95": accuracy_interval(int(np.sum(adversarial == data.y)), n),
-        "perturbation_mean_linf": float(np.abs(x_adv - data.x).reshape(len(x_adv), -1).max(1).mean()),
-        "max_change_outside_patch": float(np.abs(x_adv - data.x)[outside].max(initial=0.0)),
+        "benign_mean_categorical_accuracy": float(np.mean(benign == y)),
+        "benign_accuracy_interval_95": accuracy_interval(int(np.sum(benign == y)), n),
+        "adversarial_mean_categorical_accuracy": float(np.mean(adversarial == y)),
+        "adversarial_accuracy_interval_95": accuracy_interval(int(np.sum(adversarial == y)), n),
+        "perturbation_mean_linf": float(samples["linf"].mean()),
+        "max_change_outside_patch": float(samples["outside"].max(initial=0.0)),
         "abstain_rate_benign": float(np.mean(benign == -1)),
         "abstain_rate_adversarial": float(np.mean(adversarial == -1)),
-        "num_samples": int(len(data)),
-        "seconds": round(time.time() - start, 2),
+        "num_samples": int(n),
+        "seconds": round(seconds, 2),
         **facts,
     }
-    if isinstance(estimator, CertifierMixin):  # its own certificate (for its configured patch), clean images
-        certified = estimator.certify(data.x, data.y, batch_size=batch_size, verbose=verbose)
-        results["certified_accuracy"] = float(np.mean(certified.certified))
-        results["certified_accuracy_interval_95"] = accuracy_interval(int(np.sum(certified.certified)), n)
+    if "certified" in samples:
+        certified = np.asarray(samples["certified"], bool)
+        results["certified_accuracy"] = float(np.mean(certified))
+        results["certified_accuracy_interval_95"] = accuracy_interval(int(np.sum(certified)), n)
         results["certified_patch_pixels"] = int(estimator.patch_size)
         results["certificate_kind"] = estimator.certificate_kind
         if estimator.certificate_kind == DETECTION:  # the detection guarantee: right, or an alert
-            results["adversarial_right_or_alert"] = float(np.mean((adversarial == data.y) | (adversarial == ABSTAIN)))
-    for defence in estimator.preprocessing_defences or []:
-        if hasattr(defence, "masks"):  # a patch detector: how well its segmentation found the attacker's patch
-            quality = mask_precision_recall_f1(defence.masks(x_adv, dilated=False), masks)
-            results.update({f"detector_{name}": value for name, value in quality.items()})
+            results["adversarial_right_or_alert"] = float(np.mean((adversarial == y) | (adversarial == ABSTAIN)))
+    if "detector_hits" in samples:
+        quality = _detector_quality(int(np.sum(samples["detector_hits"])), int(np.sum(samples["detector_predicted"])),
+                                    int(np.sum(samples["detector_true"])))
+        results.update({f"detector_{name}": value for name, value in quality.items()})
     if config["attack"].get("targeted"):
-        target = _targets(config["attack"], data.y)
+        target = _targets(config["attack"], y)
         results["adversarial_targeted_success_rate"] = float(np.mean(adversarial == target))
-    record = {
-        "armory_version": None,
-        "art_patch_defenses_version": __version__,
-        "config": config,
-        "results": results,
-        "timestamp": int(time.time()),
-    }
-    keep = np.unique(np.linspace(0, len(data) - 1, N_EXAMPLES).astype(int))  # spread over the class-sorted slice
+    return results
+
+
+def _record(config: dict, results: dict) -> dict:
+    return {"armory_version": None, "art_patch_defenses_version": __version__, "config": config,
+            "results": results, "timestamp": int(time.time())}
+
+
+def _example_positions(count: int) -> np.ndarray:
+    return np.unique(np.linspace(0, count - 1, N_EXAMPLES).astype(int))  # spread over the class-sorted slice
+
+
+def _load_eval_data(config: dict):
+    dataset = config["dataset"]
+    return load_dataset(
+        dataset["name"], dataset.get("eval_split", "test"), n=dataset.get("n"), seed=dataset.get("seed", 0),
+        root=dataset.get("root"), download=dataset.get("download", False),
+    )
+
+
+def run_scenario(config: dict, cache: dict | None = None, verbose: bool = True) -> ScenarioResult:
+    """Evaluate one validated scenario config; return its Armory-shaped record and example images."""
+    start = time.time()
+    data = _load_eval_data(config)
+    estimator = build_estimator(config, cache)
+    batch_size = int(config["dataset"].get("batch_size", 128))
+    samples, x_adv, facts = evaluate_samples(estimator, config, data.x, data.y, batch_size, verbose)
+    results = summarise(config, estimator, samples, facts, time.time() - start)
+    keep = _example_positions(len(data))
     examples = {
-        "x": data.x[keep], "x_adv": x_adv[keep], "y": data.y[keep], "benign": benign[keep],
-        "adversarial": adversarial[keep], "class_names": np.asarray(data.class_names),
+        "x": data.x[keep], "x_adv": x_adv[keep], "y": data.y[keep], "benign": samples["benign"][keep],
+        "adversarial": samples["adversarial"][keep], "class_names": np.asarray(data.class_names),
     }
-    return ScenarioResult(record=record, examples=examples)
+    return ScenarioResult(record=_record(config, results), examples=examples)
+
+
+#: Per-sample outcomes kept in a sharded run's chunk files, with the JSON type each is read back as.
+SAMPLE_FIELDS = {"label": int, "benign": int, "adversarial": int, "linf": np.float32, "outside": np.float32,
+                 "certified": bool, "detector_hits": int, "detector_predicted": int, "detector_true": int}
+
+
+def run_scenario_sharded(config: dict, store_dir: str | Path, context: DistContext | None = None,
+                         cache: dict | None = None, verbose: bool = True, *, images_per_class: int = 1,
+                         resume: bool = False) -> tuple[ScenarioResult | None, list[UnitStats]]:
+    """Evaluate one scenario in fixed chunks spread over the ranks (:mod:`~art_patch_defenses.evaluation
+    .distributed`); each chunk's per-sample records go to ``store_dir`` as soon as it finishes, and finished chunks
+    are read back when ``resume``. The merged result does not depend on the number of ranks.
+
+    Chunk ``c`` is attacked with ART's random starts and the attack's own ``seed`` set to ``chunk_seed(attack.seed,
+    c)`` and certified with ``seed=chunk_seed(<the certifier's seed or 0>, c)``; patch places are drawn for the
+    whole slice from ``attack.seed``; a universal patch is trained once (seeded with ``attack.seed``) and kept in
+    the store.
+
+    :return: the merged :class:`ScenarioResult` on rank 0 (None on the others) and every rank's
+        :class:`~art_patch_defenses.evaluation.distributed.UnitStats`.
+    """
+    context = context or DistContext()
+    start = time.time()
+    data = _load_eval_data(config)
+    estimator = build_estimator(config, cache)
+    attack = config["attack"]
+    batch_size = int(config["dataset"].get("batch_size", 128))
+    image_hw = tuple(data.x.shape[2:4])
+    shape = attack_patch_shape(attack["patch_size"], image_hw)
+    locations = attack_locations(config, len(data), image_hw)
+    chunks = make_chunks(data.y, images_per_class)
+    keep = _example_positions(len(data))
+    seed = int(attack.get("seed", 0))
+    certifier_seed = int(getattr(estimator, "seed", 0) or 0) if isinstance(estimator, CertifierMixin) else 0
+    key = {"kind": "evaluate", "config": config, "images": len(data), "images_per_class": images_per_class,
+           "art_patch_defenses_version": __version__}
+    store = ChunkStore(store_dir, key, resume=resume, context=context)
+    state: dict = {}
+
+    def prepare() -> None:
+        if attack["type"] == "patch":
+            state["patch"] = _stored_patch(store, estimator, config, shape, verbose)
+
+    def compute(unit: int) -> dict:
+        began = time.time()
+        positions = chunks[unit]
+        samples, x_adv, facts = evaluate_samples(
+            estimator, config, data.x[positions], data.y[positions], batch_size, verbose=False,
+            locations=locations[positions], patch=state.get("patch"), seed=chunk_seed(seed, unit),
+            certify_seed=chunk_seed(certifier_seed, unit))
+        shown = np.isin(positions, keep)
+        return {"chunk": unit, "size": int(len(positions)), "seconds": round(time.time() - began, 2),
+                "samples": {"index": positions, **samples}, "facts": facts,
+                "arrays": {"example_index": positions[shown], "example_x_adv": x_adv[shown]}}
+
+    payloads, stats = sharded_map(context, store, "chunk", len(chunks), compute, before_compute=prepare)
+    if not context.is_main:
+        return None, stats
+    merged = {name: [] for name in ["index", *SAMPLE_FIELDS]}
+    for payload in payloads:
+        for name in merged:
+            if name in payload["samples"]:
+                merged[name].extend(payload["samples"][name])
+    order = np.argsort(np.asarray(merged["index"]), kind="stable")
+    samples = {name: np.asarray(values, dtype=SAMPLE_FIELDS[name])[order]
+               for name, values in merged.items() if name != "index" and len(values) == len(order)}
+    if not np.array_equal(np.asarray(merged["index"])[order], np.arange(len(data))):
+        raise ShardMismatchError(f"the chunks in {store.directory} do not cover the {len(data)} images once each")
+    facts = {key: value for key, value in payloads[0]["facts"].items() if key != "attack_report"}
+    reports = [payload["facts"].get("attack_report") for payload in payloads]
+    if all(report is not None for report in reports):
+        facts["attack_report"] = merge_attack_reports(reports, [payload["size"] for payload in payloads])
+    facts["sharding"] = {"chunks": len(chunks), "images_per_class_per_chunk": images_per_class,
+                         "chunk_seed": "numpy SeedSequence([seed, chunk]): attack.seed for the attack, the "
+                                       "certifier's seed for certify"}
+    results = summarise(config, estimator, samples, facts, time.time() - start)
+    x_adv = {}
+    for payload in payloads:
+        arrays = payload.get("arrays") or {}
+        for index, image in zip(arrays.get("example_index", []), arrays.get("example_x_adv", []), strict=True):
+            x_adv[int(index)] = image
+    examples = {
+        "x": data.x[keep], "x_adv": np.stack([x_adv[int(i)] for i in keep]), "y": data.y[keep],
+        "benign": samples["benign"][keep], "adversarial": samples["adversarial"][keep],
+        "class_names": np.asarray(data.class_names),
+    }
+    return ScenarioResult(record=_record(config, results), examples=examples), stats
+
+
+def _stored_patch(store: ChunkStore, estimator, config: dict, shape: tuple[int, int],
+                  verbose: bool) -> tuple[np.ndarray, dict]:
+    """The scenario's universal patch from the store, or trained (as :func:`run_attack` would) and stored."""
+    path = store.directory / "patch.npz"
+    if store.resume and path.exists():
+        try:
+            with np.load(path) as stored:
+                return stored["patch"], json.loads(str(stored["facts"]))
+        except (OSError, ValueError, KeyError) as error:
+            logger.warning("stored patch %s is unreadable (%s); training it again", path, error)
+    patch, facts = _train_patch(estimator, config, shape, verbose)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, patch=patch, facts=np.asarray(json.dumps(facts)))
+    return patch, facts
+
+
+def merge_attack_reports(reports: list[dict], sizes: list[int]) -> dict:
+    """One ensemble :class:`~art_patch_defenses.attacks.ensemble.AttackReport` (as a dict) from the reports of
+    chunks of ``sizes`` images: every accuracy pooled over the images (counts summed), the rest from the first."""
+
+    def pooled(values: list[float | None]) -> float | None:
+        if any(value is None for value in values):
+            return None
+        return sum(round(value * size) for value, size in zip(values, sizes, strict=True)) / sum(sizes)
+
+    merged = dict(reports[0])
+    for name in ("clean_accuracy", "random_search_accuracy", "ensemble_accuracy"):
+        if name in merged:
+            merged[name] = pooled([report.get(name) for report in reports])
+    if isinstance(merged.get("accuracy_after"), dict):
+        merged["accuracy_after"] = {name: pooled([report["accuracy_after"].get(name) for report in reports])
+                                    for name in merged["accuracy_after"]}
+    return merged
 
 
 def default_output_dir() -> Path:
@@ -236,20 +478,32 @@ def with_overrides(config: dict, n: int | None = None, max_iter: int | None = No
 def run_suite(
     source: str | Path | dict | None = None, output_dir: str | Path | None = None, verbose: bool = True, *,
     overwrite: bool = False, n: int | None = None, max_iter: int | None = None, seed: int | None = None,
+    sharded: bool | None = None, resume: bool = False, images_per_class: int = 1,
+    context: DistContext | None = None,
 ) -> dict:
     """Run a config or suite (default: the embedded scenario); write JSON, Markdown and PNG reports.
 
     Before any computation the config is validated (every problem at once, :class:`~art_patch_defenses.evaluation
     .config.ConfigError`) and the output directory created and checked (:class:`~art_patch_defenses.evaluation
     .results.OutputDirError`: not a directory, not writable, or holding another run's results unless
-    ``overwrite``). During the run ``manifest.json`` and ``scenarios/<index>-<label>.json`` (each scenario's record
-    as soon as it finishes) are kept up to date, all files written atomically. On Ctrl-C (``KeyboardInterrupt``) or
-    an error, ``results.json`` and ``report.md`` are written with the scenarios that finished, the manifest is
-    marked ``interrupted`` or ``failed``, a warning is logged and the exception re-raised.
+    ``overwrite`` or, for the same config, ``resume``). During the run ``manifest.json`` and
+    ``scenarios/<index>-<label>.json`` (each scenario's record as soon as it finishes) are kept up to date, all files
+    written atomically. On Ctrl-C (``KeyboardInterrupt``) or an error, ``results.json`` and ``report.md`` are
+    written with the scenarios that finished, the manifest is marked ``interrupted`` or ``failed``, a warning is
+    logged and the exception re-raised.
+
+    A launch by ``torchrun`` (``WORLD_SIZE`` set) joins its process group and runs sharded: each rank evaluates its
+    chunks of every scenario, rank 0 merges them and writes the reports (the other ranks return no outcomes).
 
     :param overwrite: replace an earlier run's results in ``output_dir`` (only the files a run writes).
     :param n: quick runs: evaluation images, ``max_iter``: attack iterations, ``seed``: the attacks' seed, for
         every scenario (:func:`with_overrides`).
+    :param sharded: evaluate in fixed chunks with per-chunk records under ``output_dir/shards``
+        (:func:`run_scenario_sharded`; default: when distributed or ``resume``). One process and N give the same
+        results.
+    :param resume: continue a sharded run of the same config in ``output_dir``: finished chunks are read back.
+    :param images_per_class: images of each class per chunk (shards differ by at most this many per class).
+    :param context: the process group to use (default: joined from torchrun's variables, or one process).
     :return: ``{"_description", "outcomes": [ScenarioResult, ...], "files": {...}, "output_dir"}``.
     """
     source = source if source is not None else DEFAULT_SCENARIO
@@ -257,29 +511,77 @@ def run_suite(
     if n is not None or max_iter is not None or seed is not None:  # checked again, as the user wrote them
         suite = load_config({"_description": suite["_description"],
                              "scenarios": [with_overrides(c, n, max_iter, seed) for c in suite["scenarios"]]})
-    output_dir = prepare_output_dir(output_dir if output_dir is not None else default_output_dir(),
-                                    overwrite=overwrite)
-    manifest = RunManifest(output_dir, suite, "<dict>" if isinstance(source, dict) else str(source))
+    make_chunks(np.zeros(1, dtype=int), images_per_class)  # checks images_per_class before anything is written
+    owned = context is None
+    context = context or init_distributed(_device_type(suite))
+    try:
+        sharded = bool(sharded) or resume or context.distributed
+        return _run_suite(source, suite, output_dir, verbose, overwrite, sharded, resume, images_per_class, context)
+    finally:
+        if owned:
+            shutdown(context)
+
+
+def _device_type(suite: dict) -> str | None:
+    types = {(config.get("sysconfig") or {}).get("device_type") for config in suite["scenarios"]}
+    return "cpu" if types == {"cpu"} else None
+
+
+def _run_suite(source, suite: dict, output_dir, verbose: bool, overwrite: bool, sharded: bool, resume: bool,
+               images_per_class: int, context: DistContext) -> dict:
+    prepared: tuple[str | None, str | None] = (None, None)
+    if context.is_main:  # one rank checks and prepares the directory; the others learn how that went
+        try:
+            path = prepare_output_dir(output_dir if output_dir is not None else default_output_dir(),
+                                      overwrite=overwrite, resume=suite if resume else None)
+            prepared = (str(path), None)
+        except OutputDirError as error:
+            prepared = (None, str(error))
+    prepared = broadcast_object(context, prepared)
+    if prepared[1] is not None:
+        raise OutputDirError(prepared[1])
+    output_dir = Path(prepared[0])
+    manifest = None
+    if context.is_main:
+        manifest = RunManifest(output_dir, suite, "<dict>" if isinstance(source, dict) else str(source))
+        if sharded:
+            manifest.data["sharding"] = {"world_size": context.world_size, "backend": context.backend,
+                                         "images_per_class_per_chunk": images_per_class, "resumed": resume}
+            manifest.write()
     scenarios = suite["scenarios"]
     cache: dict = {}
     outcomes: list[ScenarioResult] = []
     files: dict[str, str] = {}
+    show = verbose and context.is_main
     try:
         for index, config in enumerate(scenarios):
-            logger.info("scenario: %s (%d of %d)", " / ".join(scenario_label(config)), index + 1, len(scenarios))
-            manifest.start_scenario(index)
-            outcome = run_scenario(config, cache, verbose)
-            outcomes.append(outcome)
-            manifest.scenario_done(index, outcome.record)
-        files = write_reports(suite["_description"], outcomes, output_dir)
+            if context.is_main:
+                logger.info("scenario: %s (%d of %d)", " / ".join(scenario_label(config)), index + 1, len(scenarios))
+                manifest.start_scenario(index)
+            if sharded:
+                store = output_dir / SHARD_DIR / f"evaluate-{index:02d}"
+                outcome, stats = run_scenario_sharded(config, store, context, cache, show,
+                                                      images_per_class=images_per_class, resume=resume)
+            else:
+                outcome, stats = run_scenario(config, cache, verbose), None
+            if context.is_main:
+                if stats is not None:
+                    manifest.note_chunks(index, stats)
+                outcomes.append(outcome)
+                manifest.scenario_done(index, outcome.record)
+        if context.is_main:
+            files = write_reports(suite["_description"], outcomes, output_dir)
     except BaseException as error:  # Ctrl-C included: what finished is written before the exception goes on
-        status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
-        _save_stopped_run(suite, outcomes, manifest, status, error)
+        if context.is_main:
+            status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
+            _save_stopped_run(suite, outcomes, manifest, status, error)
         raise
-    manifest.close("complete", {**files, "manifest": str(manifest.path)})
-    files["manifest"] = str(manifest.path)
-    logger.info("results: %s", output_dir)
-    return {"_description": suite["_description"], "outcomes": outcomes, "files": files, "output_dir": output_dir}
+    if context.is_main:
+        manifest.close("complete", {**files, "manifest": str(manifest.path)})
+        files["manifest"] = str(manifest.path)
+        logger.info("results: %s", output_dir)
+    return {"_description": suite["_description"], "outcomes": outcomes, "files": files, "output_dir": output_dir,
+            "rank": context.rank, "world_size": context.world_size}
 
 
 def _save_stopped_run(suite: dict, outcomes: list[ScenarioResult], manifest: RunManifest, status: str,

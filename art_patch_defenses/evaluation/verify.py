@@ -22,14 +22,25 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from art_patch_defenses import __version__
 from art_patch_defenses.attacks import masked_pgd
 from art_patch_defenses.attacks.eot import masked_pgd_eot
 from art_patch_defenses.certification import ABSTAIN, REGION_L2, CertificationResult, CertifierMixin
+from art_patch_defenses.evaluation.distributed import (
+    ChunkStore,
+    DistContext,
+    chunk_seed,
+    make_chunks,
+    merge_counts,
+    sharded_map,
+)
 from art_patch_defenses.geometry import all_locations, expand_masks, patch_masks, random_locations
 from art_patch_defenses.validation import check_labels
 
@@ -55,6 +66,7 @@ def verify_certificates(
     estimator, x: np.ndarray, y: np.ndarray, patch_size: int | None = None, n_certified: int = 200,
     placements: int = 4, max_iter: int = 10, eps_step: float = 0.1, batch_size: int = 64, seed: int = 0,
     verbose: bool = True, grid_stride: int | None = None, certified: CertificationResult | None = None,
+    *, shards: ShardOptions | None = None,
 ) -> dict[str, Any]:
     """Attack up to ``n_certified`` certified samples of ``x`` at ``placements`` random places each (or, with
     ``grid_stride``, at every place of a grid of that stride, edges included).
@@ -66,6 +78,10 @@ def verify_certificates(
     :param seed: fixes the placements and the attacks' random starts.
     :param certified: the result of this certifier's own ``certify(x, y)``, to reuse instead of certifying again
         (recovery and detection certificates; a region-L2 certificate is computed per placement).
+    :param shards: run sharded (:class:`ShardOptions`): ``certify`` in fixed chunks of the slice (chunk ``c`` with
+        ``seed=chunk_seed(<the certifier's seed or 0>, c)``), then the attack batches, spread over the ranks and
+        each written to the store as it finishes; a region-L2 certifier's images are spread the same way. The
+        counts do not depend on the number of ranks.
     :return: counts: ``certified_available`` (of ``len(x)``), ``samples`` (certified samples attacked),
         ``attacked`` (samples x placements), ``fooled_base``, ``abstained`` (attacked outputs that abstained or
         alerted), ``violations``, ``conclusive``, the attack and budget.
@@ -91,12 +107,22 @@ def verify_certificates(
         return random_locations(count * placements, image_hw, shape, seed + offset)
 
     per_sample = placements if grid is None else len(grid)
-    verify = _verify_region_l2 if certifier.certificate_kind == REGION_L2 else _verify_patch_certificate
     if certified is not None and (len(certified) != len(x) or certified.kind != certifier.certificate_kind
                                   or certified.patch_size != certifier.patch_size):
         raise ValueError("certified must be this certifier's own certify(x, y) result for these images")
-    counts = verify(certifier, x, y, shape, n_certified, per_sample, places, max_iter, eps_step, batch_size, seed,
-                    verbose, certified)
+    task = _VerifyTask(certifier, x, y, shape, n_certified, per_sample, places, max_iter, eps_step, batch_size,
+                       seed, verbose)
+    if shards is not None:
+        key = {"kind": "verify", "config": shards.config, "images": len(x), "patch_size": int(certifier.patch_size),
+               "n_certified": n_certified, "placements": placements, "max_iter": max_iter, "eps_step": eps_step,
+               "batch_size": batch_size, "seed": seed, "grid_stride": grid_stride,
+               "images_per_class": shards.images_per_class, "art_patch_defenses_version": __version__}
+        store = ChunkStore(shards.directory, key, resume=shards.resume, context=shards.context)
+        counts = _verify_sharded(task, store, shards, certified)
+    elif certifier.certificate_kind == REGION_L2:
+        counts = _verify_region_l2(task)
+    else:
+        counts = _verify_patch_certificate(task, certified)
     counts["placement"] = (f"every place of a stride-{grid_stride} grid, edges included" if grid is not None
                            else f"uniformly random, seed {seed} + sample offset")
     return {"certifier": type(certifier).__name__, "certificate_kind": certifier.certificate_kind,
@@ -104,112 +130,229 @@ def verify_certificates(
             "conclusive": counts["fooled_base"] > 0, "seconds": round(time.time() - start, 1)}
 
 
-def _verify_patch_certificate(certifier, x, y, shape, n_certified, placements, places, max_iter, eps_step,
-                              batch_size, seed, verbose, result) -> dict:
-    certified = (result or certifier.certify(x, y)).certified
-    picks = _spread(np.flatnonzero(certified), n_certified)
-    surrogate = certifier.attack_surrogate()
-    fooled = violations = abstained = 0
-    per_batch = max(1, batch_size // placements)
-    image_hw = tuple(x.shape[2:])
-    for start in tqdm(range(0, len(picks), per_batch), desc="verify", disable=not verbose):
-        chosen = np.repeat(picks[start : start + per_batch], placements)
-        images, labels = x[chosen], y[chosen]
-        masks = expand_masks(patch_masks(image_hw, shape, places(len(chosen) // placements, start)), images)
-        x_adv = masked_pgd(surrogate, images, masks, labels, eps=1.0, eps_step=eps_step, max_iter=max_iter,
-                           num_random_init=1, batch_size=len(chosen), verbose=False, seed=seed + start)
-        fooled += int(np.sum(certifier.predict_base(x_adv).argmax(1) != labels))
-        defended = certifier.predict_labels(x_adv)
-        abstained += int(np.sum(defended == ABSTAIN))
-        violations += int(np.sum(certifier.violates(defended, labels)))
-    return {"certified_available": int(certified.sum()), "samples": int(len(picks)),
-            "placements_per_sample": placements, "attacked": int(len(picks) * placements),
-            "fooled_base": fooled, "abstained": abstained, "violations": violations,
-            "attack": {"name": f"masked PGD against {type(surrogate).__name__} (attack_surrogate), judged by "
-                               "the certifier's predict", "norm": "inf", "eps": 1.0, "eps_step": eps_step,
-                       "max_iter": max_iter, "num_random_init": 1, "random_start_seed": f"{seed} + batch offset"}}
+@dataclass
+class ShardOptions:
+    """How :func:`verify_certificates` runs sharded: the chunk store's directory, the scenario config (part of
+    the store's key), images of each class per chunk, whether to read finished units back, the process group."""
+
+    directory: Path
+    config: dict
+    images_per_class: int = 1
+    resume: bool = False
+    context: DistContext = field(default_factory=DistContext)
 
 
-def _verify_region_l2(certifier, x, y, shape, n_certified, placements, places, max_iter, eps_step, batch_size,
-                      seed, verbose, result) -> dict:
-    """Certify each image with each placement's patch region as its region, attack inside 0.99 x the radius
-    (L2, EOT over the noise), and re-classify in that region with fresh noise."""
-    image_hw = tuple(x.shape[2:])
-    certified = samples = fooled = violations = attacked = scanned = abstained = 0
-    for i in tqdm(range(len(x)), desc="verify", disable=not verbose):
-        if samples >= n_certified:
-            break
-        scanned += 1
-        masks = patch_masks(image_hw, shape, places(1, i))
-        images = np.repeat(x[i : i + 1], placements, axis=0)
-        labels = np.repeat(y[i : i + 1], placements)
+@dataclass
+class _VerifyTask:
+    certifier: Any
+    x: np.ndarray
+    y: np.ndarray
+    shape: tuple[int, int]
+    n_certified: int
+    placements: int
+    places: Any
+    max_iter: int
+    eps_step: float
+    batch_size: int
+    seed: int
+    verbose: bool
+
+    @property
+    def per_batch(self) -> int:
+        return max(1, self.batch_size // self.placements)
+
+    def attack_batch(self, picks: np.ndarray, start: int, surrogate) -> dict[str, int]:
+        """Attack the certified samples ``picks`` (the batch at ``start`` of all picks) at their placements."""
+        chosen = np.repeat(picks, self.placements)
+        images, labels = self.x[chosen], self.y[chosen]
+        masks = expand_masks(patch_masks(tuple(self.x.shape[2:]), self.shape, self.places(len(picks), start)),
+                             images)
+        x_adv = masked_pgd(surrogate, images, masks, labels, eps=1.0, eps_step=self.eps_step, max_iter=self.max_iter,
+                           num_random_init=1, batch_size=len(chosen), verbose=False, seed=self.seed + start)
+        defended = self.certifier.predict_labels(x_adv)
+        return {"fooled_base": int(np.sum(self.certifier.predict_base(x_adv).argmax(1) != labels)),
+                "abstained": int(np.sum(defended == ABSTAIN)),
+                "violations": int(np.sum(self.certifier.violates(defended, labels)))}
+
+    def patch_counts(self, certified: np.ndarray, picks: np.ndarray, counts: dict[str, int], surrogate) -> dict:
+        return {"certified_available": int(certified.sum()), "samples": int(len(picks)),
+                "placements_per_sample": self.placements, "attacked": int(len(picks) * self.placements),
+                "fooled_base": counts.get("fooled_base", 0), "abstained": counts.get("abstained", 0),
+                "violations": counts.get("violations", 0),
+                "attack": {"name": f"masked PGD against {type(surrogate).__name__} (attack_surrogate), judged by "
+                                   "the certifier's predict", "norm": "inf", "eps": 1.0, "eps_step": self.eps_step,
+                           "max_iter": self.max_iter, "num_random_init": 1,
+                           "random_start_seed": f"{self.seed} + batch offset"}}
+
+    def region_l2_image(self, i: int) -> dict[str, int]:
+        """Certify image ``i`` with each placement's patch region as its region, attack inside 0.99 x the radius
+        (L2, EOT over the noise), and re-classify in that region with fresh noise."""
+        certifier, x, y, seed = self.certifier, self.x, self.y, self.seed
+        masks = patch_masks(tuple(x.shape[2:]), self.shape, self.places(1, i))
+        images = np.repeat(x[i : i + 1], self.placements, axis=0)
+        labels = np.repeat(y[i : i + 1], self.placements)
         result = certifier.certify(images, labels, mask=masks, seed=seed + i)
-        certified += int(result.certified.any())
-        if not result.certified.any():
-            continue
-        samples += 1
+        outcome = {"certified": int(result.certified.any()), "attacked": 0, "fooled_base": 0, "abstained": 0,
+                   "violations": 0}
         for k in np.flatnonzero(result.certified):
             radius = float(result.radius[k])
             x_adv = masked_pgd_eot(certifier, images[k : k + 1], masks[k : k + 1], labels[k : k + 1], norm=2,
-                                   eps=0.99 * radius, eps_step=radius / 4, max_iter=max_iter, eot_samples=8,
+                                   eps=0.99 * radius, eps_step=radius / 4, max_iter=self.max_iter, eot_samples=8,
                                    restarts=1, seed=seed + i)
-            attacked += 1
-            fooled += int(certifier.predict_base(x_adv).argmax(1)[0] != y[i])
-            outcome = certifier.predict_labels(x_adv, mask=masks[k : k + 1], seed=seed + i + 1)
-            abstained += int(outcome[0] == ABSTAIN)
-            violations += int(certifier.violates(outcome, labels[k : k + 1])[0])
-    return {"certified_available": certified, "certified_available_of": scanned, "samples": samples,
-            "placements_per_sample": placements, "attacked": attacked, "fooled_base": fooled,
-            "abstained": abstained, "violations": violations,
+            outcome["attacked"] += 1
+            outcome["fooled_base"] += int(certifier.predict_base(x_adv).argmax(1)[0] != y[i])
+            judged = certifier.predict_labels(x_adv, mask=masks[k : k + 1], seed=seed + i + 1)
+            outcome["abstained"] += int(judged[0] == ABSTAIN)
+            outcome["violations"] += int(certifier.violates(judged, labels[k : k + 1])[0])
+        return outcome
+
+
+def _verify_region_l2(task: _VerifyTask) -> dict:
+    """Images in order until ``n_certified`` of them were certified (:meth:`_VerifyTask.region_l2_image`)."""
+    outcomes, certified = [], 0
+    for i in tqdm(range(len(task.x)), desc="verify", disable=not task.verbose):
+        if certified >= task.n_certified:
+            break
+        outcomes.append(task.region_l2_image(i))
+        certified += outcomes[-1]["certified"]
+    return _region_l2_counts(task, outcomes)
+
+
+def _region_l2_counts(task: _VerifyTask, outcomes: list[dict[str, int]]) -> dict:
+    """The region-L2 counts of per-image outcomes in image order, stopping after ``n_certified`` certified ones."""
+    scanned = samples = 0
+    total = {"attacked": 0, "fooled_base": 0, "abstained": 0, "violations": 0}
+    for outcome in outcomes:
+        if samples >= task.n_certified:
+            break
+        scanned += 1
+        samples += outcome["certified"]
+        for name in total:
+            total[name] += outcome[name]
+    return {"certified_available": samples, "certified_available_of": scanned, "samples": samples,
+            "placements_per_sample": task.placements, **total,
             "attack": {"name": "L2 masked PGD with EOT over the noise inside the region (attacks.eot.masked_pgd_eot)",
-                       "norm": 2, "eps": "0.99 x certified radius", "eps_step": "radius / 4", "max_iter": max_iter,
-                       "eot_samples": 8, "check": "the certifier's predict in the region, fresh noise"}}
+                       "norm": 2, "eps": "0.99 x certified radius", "eps_step": "radius / 4",
+                       "max_iter": task.max_iter, "eot_samples": 8,
+                       "check": "the certifier's predict in the region, fresh noise"}}
 
 
-def verify_suite(source, output_dir=None, n: int | None = None, verbose: bool = True,
+def _verify_patch_certificate(task: _VerifyTask, result: CertificationResult | None) -> dict:
+    certified = (result or task.certifier.certify(task.x, task.y)).certified
+    picks = _spread(np.flatnonzero(certified), task.n_certified)
+    surrogate = task.certifier.attack_surrogate()
+    counts: dict[str, int] = {}
+    for start in tqdm(range(0, len(picks), task.per_batch), desc="verify", disable=not task.verbose):
+        counts = merge_counts([counts, task.attack_batch(picks[start : start + task.per_batch], start, surrogate)])
+    return task.patch_counts(certified, picks, counts, surrogate)
+
+
+def _verify_sharded(task: _VerifyTask, store: ChunkStore, shards: ShardOptions,
+                    result: CertificationResult | None) -> dict:
+    context, certifier = shards.context, task.certifier
+    chunks = make_chunks(task.y, shards.images_per_class)
+    if certifier.certificate_kind == REGION_L2:  # every image on its own seed: spread the images, count in order
+        def region(unit: int) -> dict:
+            return {"outcomes": [task.region_l2_image(int(i)) for i in chunks[unit]], "index": chunks[unit]}
+
+        payloads, _ = sharded_map(context, store, "images", len(chunks), region)
+        outcomes = [None] * len(task.x)
+        for payload in payloads:
+            for i, outcome in zip(payload["index"], payload["outcomes"], strict=True):
+                outcomes[i] = outcome
+        return _region_l2_counts(task, outcomes)
+    if result is None:
+        certifier_seed = int(getattr(certifier, "seed", 0) or 0)
+
+        def certify(unit: int) -> dict:
+            positions = chunks[unit]
+            found = certifier.certify(task.x[positions], task.y[positions], seed=chunk_seed(certifier_seed, unit))
+            return {"index": positions, "certified": found.certified}
+
+        payloads, _ = sharded_map(context, store, "certify", len(chunks), certify)
+        certified = np.zeros(len(task.x), dtype=bool)
+        for payload in payloads:
+            certified[np.asarray(payload["index"], dtype=int)] = np.asarray(payload["certified"], dtype=bool)
+    else:
+        certified = result.certified
+    picks = _spread(np.flatnonzero(certified), task.n_certified)
+    surrogate = certifier.attack_surrogate()
+    starts = list(range(0, len(picks), task.per_batch))
+    payloads, _ = sharded_map(context, store, "attack", len(starts), lambda unit: task.attack_batch(
+        picks[starts[unit] : starts[unit] + task.per_batch], starts[unit], surrogate))
+    return task.patch_counts(certified, picks, merge_counts(payloads), surrogate)
+
+
+def verify_suite(source, output_dir=None, n: int | None = None, verbose: bool = True, *,
+                 sharded: bool | None = None, resume: bool = False, overwrite: bool = False,
+                 images_per_class: int = 1, context: DistContext | None = None,
                  **verify_kwargs: Any) -> dict[str, Any]:
     """``art-patch-defenses verify``: :func:`verify_certificates` for every certifier scenario of a config or
     suite (the model block's estimator at its own patch size, the dataset slice); writes ``verify.json``.
 
+    A launch by ``torchrun`` (``WORLD_SIZE`` set) joins its process group and runs sharded (``verify_certificates``'
+    ``shards``), rank 0 writing ``verify.json``; ``sharded`` does the same in one process, with the same counts.
+
     :param n: evaluation images (default: the config's ``dataset.n``); the first certified ones, spread over the
         slice, are attacked.
+    :param resume: read back the finished units of an earlier sharded verify in ``output_dir`` (implies sharded).
+    :param overwrite: discard an earlier sharded verify's units in ``output_dir``.
+    :param images_per_class: images of each class per chunk of the certify step.
     :return: ``{"reports": [...], "file": path}``; a scenario whose estimator certifies nothing is skipped with
         its reason in ``skipped``.
     """
     import json
-    from pathlib import Path
 
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
         raise ValueError(f"n must be a positive integer (evaluation images), got {n!r}")
 
-    from art_patch_defenses import __version__
     from art_patch_defenses.data import load_dataset
     from art_patch_defenses.evaluation.config import load_config
-    from art_patch_defenses.evaluation.results import write_atomic
+    from art_patch_defenses.evaluation.distributed import broadcast_object, init_distributed, shutdown
+    from art_patch_defenses.evaluation.results import SHARD_DIR, _remove_artefact, write_atomic
     from art_patch_defenses.evaluation.runner import build_estimator, scenario_label
 
     suite = load_config(source)
-    reports, skipped = [], []
-    for config in suite["scenarios"]:
-        label = " / ".join(scenario_label(config))
-        estimator = build_estimator(config)
-        try:
-            require_certifier(estimator)
-        except ValueError as error:
-            skipped.append({"scenario": label, "reason": str(error)})
-            continue
-        dataset = config["dataset"]
-        data = load_dataset(dataset["name"], dataset.get("eval_split", "test"), n=dataset.get("n") if n is None else n,
-                            seed=dataset.get("seed", 0), root=dataset.get("root"),
-                            download=dataset.get("download", False))
-        side = int(estimator.patch_size)
-        logger.info("verify: %s, %dx%d patch (the certifier's own), %d images", label, side, side, len(data))
-        report = verify_certificates(estimator, data.x, data.y, verbose=verbose, **verify_kwargs)
-        reports.append({"scenario": label, "model": config["model"], "dataset": {**dataset, "n": len(data)},
-                        **report})
-    output_dir = Path(output_dir or Path("outputs") / time.strftime("verify-%Y%m%d-%H%M%S"))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = write_atomic(output_dir / "verify.json",  # a reader never sees half a file
-                        json.dumps({"art_patch_defenses_version": __version__, "reports": reports,
-                                    "skipped": skipped, "timestamp": int(time.time())}, indent=2) + "\n")
-    return {"reports": reports, "skipped": skipped, "file": path}
+    make_chunks(np.zeros(1, dtype=int), images_per_class)  # checks images_per_class
+    owned = context is None
+    context = context or init_distributed()
+    try:
+        sharded = bool(sharded) or resume or context.distributed
+        output_dir = Path(broadcast_object(context, str(output_dir or Path("outputs")
+                                                        / time.strftime("verify-%Y%m%d-%H%M%S"))))
+        if context.is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            if overwrite and (output_dir / SHARD_DIR).is_dir():
+                _remove_artefact(output_dir / SHARD_DIR)
+        reports, skipped = [], []
+        for index, config in enumerate(suite["scenarios"]):
+            label = " / ".join(scenario_label(config))
+            estimator = build_estimator(config)
+            try:
+                require_certifier(estimator)
+            except ValueError as error:
+                skipped.append({"scenario": label, "reason": str(error)})
+                continue
+            dataset = config["dataset"]
+            data = load_dataset(dataset["name"], dataset.get("eval_split", "test"),
+                                n=dataset.get("n") if n is None else n, seed=dataset.get("seed", 0),
+                                root=dataset.get("root"), download=dataset.get("download", False))
+            side = int(estimator.patch_size)
+            if context.is_main:
+                logger.info("verify: %s, %dx%d patch (the certifier's own), %d images", label, side, side, len(data))
+            shards = None if not sharded else ShardOptions(output_dir / SHARD_DIR / f"verify-{index:02d}", config,
+                                                           images_per_class, resume, context)
+            report = verify_certificates(estimator, data.x, data.y, verbose=verbose and context.is_main,
+                                         shards=shards, **verify_kwargs)
+            reports.append({"scenario": label, "model": config["model"], "dataset": {**dataset, "n": len(data)},
+                            **report})
+        path = output_dir / "verify.json"
+        if context.is_main:
+            write_atomic(path,  # a reader never sees half a file
+                         json.dumps({"art_patch_defenses_version": __version__, "reports": reports,
+                                     "skipped": skipped, "timestamp": int(time.time())}, indent=2) + "\n")
+        return {"reports": reports, "skipped": skipped, "file": path, "rank": context.rank,
+                "world_size": context.world_size}
+    finally:
+        if owned:
+            shutdown(context)
