@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                           help="replace another run's results in --output-dir (only the files a run writes)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     positive_int, positive_float = _positive(int), _positive(float)
-    evaluate.add_argument("--n", type=positive_int, default=None, help="quick run: evaluation images per scenario")
+    evaluate.add_argument("--n", "--n-images", dest="n", type=positive_int, default=None,
+                          help="quick run: evaluation images per scenario (--n-images under torchrun, whose own "
+                               "parser takes --n for an abbreviation of its options)")
     evaluate.add_argument("--max-iter", type=positive_int, default=None,
                           help="quick run: iterations of every attack (each max_iter, apgd_iter and PGD run)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=None,
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_shard_options(evaluate, positive_int, "run")
     verify = commands.add_parser("verify", help="attack certified samples and count certificate violations")
     verify.add_argument("config", help="JSON/YAML config or suite whose model blocks build certifiers")
-    verify.add_argument("--n", type=positive_int, default=None,
+    verify.add_argument("--n", "--n-images", dest="n", type=positive_int, default=None,
                         help="evaluation images (default: the config's dataset.n)")
     verify.add_argument("--n-certified", type=positive_int, default=200, help="certified samples to attack")
     verify.add_argument("--placements", type=positive_int, default=4, help="random patch placements per sample")
