@@ -46,8 +46,8 @@ def test_image_folder_labels_follow_alphabetical_class_folders(tmp_path):
 
 
 def test_bad_dataset_requests_are_named(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
-        load_dataset("imagenet")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet21k'"):
+        load_dataset("imagenet21k")
     with pytest.raises(FileNotFoundError, match="no ImageFolder split"):
         load_image_folder(tmp_path, "test")
     with pytest.raises(ValueError, match="split must be"):

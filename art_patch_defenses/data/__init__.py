@@ -1,5 +1,5 @@
-"""Data sets: CIFAR-10 (ImageFolder or torchvision) and the embedded MNIST default, as ART-ready arrays, with a
-crash- and race-safe cache of the decoded images."""
+"""Data sets: CIFAR-10 (ImageFolder or torchvision), ImageNet-style ImageFolders at 224x224 and the embedded MNIST
+default, as ART-ready arrays, with a crash- and race-safe cache of the decoded images."""
 
 from art_patch_defenses.data.cache import CacheWarning
 from art_patch_defenses.data.datasets import (
@@ -10,6 +10,7 @@ from art_patch_defenses.data.datasets import (
     load_cifar10_torchvision,
     load_dataset,
     load_image_folder,
+    load_imagenet_folder,
     load_mnist_embedded,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "load_cifar10_torchvision",
     "load_dataset",
     "load_image_folder",
+    "load_imagenet_folder",
     "load_mnist_embedded",
 ]

