@@ -136,6 +136,12 @@ def _add_shard_options(parser: argparse.ArgumentParser, positive_int: Callable, 
                              "class; larger chunks batch better)")
 
 
+def _add_n_images(parser: argparse.ArgumentParser, positive_int: Callable) -> None:
+    parser.add_argument("--n-images", dest="n", type=positive_int, default=argparse.SUPPRESS,
+                        help="the same as --n, for torchrun command lines (torchrun's own parser takes --n for an "
+                             "abbreviation of its options)")
+
+
 def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
@@ -152,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="replace another run's results in --output-dir (only the files a run writes)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     positive_int, positive_float = _positive(int), _positive(float)
-    evaluate.add_argument("--n", "--n-images", dest="n", type=positive_int, default=None,
-                          help="quick run: evaluation images per scenario (--n-images under torchrun, whose own "
-                               "parser takes --n for an abbreviation of its options)")
+    evaluate.add_argument("--n", type=positive_int, default=None, help="quick run: evaluation images per scenario")
+    _add_n_images(evaluate, positive_int)
     evaluate.add_argument("--max-iter", type=positive_int, default=None,
                           help="quick run: iterations of every attack (each max_iter, apgd_iter and PGD run)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=None,
@@ -162,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_shard_options(evaluate, positive_int, "run")
     verify = commands.add_parser("verify", help="attack certified samples and count certificate violations")
     verify.add_argument("config", help="JSON/YAML config or suite whose model blocks build certifiers")
-    verify.add_argument("--n", "--n-images", dest="n", type=positive_int, default=None,
+    verify.add_argument("--n", type=positive_int, default=None,
                         help="evaluation images (default: the config's dataset.n)")
+    _add_n_images(verify, positive_int)
     verify.add_argument("--n-certified", type=positive_int, default=200, help="certified samples to attack")
     verify.add_argument("--placements", type=positive_int, default=4, help="random patch placements per sample")
     verify.add_argument("--max-iter", type=positive_int, default=10, help="PGD iterations per attack")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:  # what parse_args does for the other sub-commands
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
-    quiet = args.quiet or os.environ.get("RANK", "0") not in ("", "0")  # one rank speaks for a sharded run
+    quiet = args.quiet or not _is_main_rank()  # one rank speaks for a sharded run
     with _library_logging(quiet), _terminate_as_interrupt():
         try:
             return _verify(args) if args.command == "verify" else _evaluate(args)
