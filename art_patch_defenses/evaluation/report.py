@@ -70,8 +70,10 @@ def _show(axis, image: np.ndarray, title: str) -> None:
 
 
 def _label_name(label: int, names, certificate_kind: str | None) -> str:
-    if label >= 0:
+    if 0 <= label < len(names):
         return str(names[label])
+    if label >= 0:  # a model class the data set's folders do not name (e.g. 1000 ImageNet classes, 2 folders)
+        return f"class {label}"
     return "alert" if certificate_kind == "detection" else "abstain"
 
 
