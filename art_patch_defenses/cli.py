@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--placements", type=positive_int, default=4, help="random patch placements per sample")
     verify.add_argument("--max-iter", type=positive_int, default=10, help="PGD iterations per attack")
     verify.add_argument("--eps-step", type=positive_float, default=0.1, help="L-inf PGD step (MRS: radius / 4, L2)")
+    verify.add_argument("--batch-size", type=positive_int, default=64,
+                        help="attacked images per batch (samples x placements; a sharded verify spreads the batches)")
     verify.add_argument("--output-dir", default=None, help="where to write verify.json (default outputs/...)")
     verify.add_argument("--overwrite", action="store_true",
                         help="discard an earlier sharded verify's chunks in --output-dir")
@@ -247,8 +249,8 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         summary = verify_suite(args.config, output_dir, n=args.n, verbose=not args.quiet,
                                n_certified=args.n_certified, placements=args.placements, max_iter=args.max_iter,
-                               eps_step=args.eps_step, sharded=args.sharded or None, resume=args.resume,
-                               overwrite=args.overwrite, images_per_class=args.chunk_per_class)
+                               eps_step=args.eps_step, batch_size=args.batch_size, sharded=args.sharded or None,
+                               resume=args.resume, overwrite=args.overwrite, images_per_class=args.chunk_per_class)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

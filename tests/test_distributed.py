@@ -32,7 +32,8 @@ PYTHON = sys.executable
 MODEL = {"module": "art_patch_defenses.models", "name": "get_art_model",
          "model_kwargs": {"name": "mnist_cnn", "weights": "embedded"}}
 #: The embedded default suite's kinds of scenario, tiny: a universal patch on the undefended CNN, masked PGD with a
-#: random start against robust masking (a deterministic certifier), and EOT PGD against MRS (a randomised one).
+#: random start against robust masking (a deterministic certifier), and EOT PGD against MRS (a randomised one);
+#: committed embedded models only.
 SUITE = {
     "_description": "tiny sharded suite",
     "scenarios": [
@@ -42,15 +43,14 @@ SUITE = {
                     "patch_size": 0.1, "location": "random", "seed": 0,
                     "kwargs": {"max_iter": 2, "learning_rate": 0.1, "batch_size": 16}}},
         {"model": {"module": "art_patch_defenses.robust_masking", "name": "get_art_model",
-                   "model_kwargs": {"name": "mnist_mask_ds", "weights": "embedded", "patch_size": 5,
-                                    "feature_type": "confidence"}},
+                   "model_kwargs": {"name": "mnist_bagnet", "weights": "embedded", "patch_size": 2}},
          "dataset": {"name": "mnist_embedded", "n": 40, "seed": 0, "batch_size": 64},
          "attack": {"module": "art.attacks.evasion", "name": "ProjectedGradientDescent", "type": "masked",
                     "patch_size": 0.05, "location": "random", "seed": 0,
                     "kwargs": {"norm": "inf", "eps": 1.0, "eps_step": 0.05, "max_iter": 3, "num_random_init": 1,
                                "batch_size": 64}}},
         {"model": {"module": "art_patch_defenses.mrs", "name": "get_art_model",
-                   "model_kwargs": {"name": "mnist_mrs_cnn", "weights": "embedded", "sigma_255": 64,
+                   "model_kwargs": {"name": "mnist_cnn", "weights": "embedded", "sigma_255": 64,
                                     "sample_size": 20, "n0": 5, "alpha": 0.001, "patch_size": 5, "stride": 4,
                                     "tau": 8}},
          "dataset": {"name": "mnist_embedded", "n": 40, "seed": 0, "batch_size": 64},
@@ -232,9 +232,9 @@ def test_verify_two_gloo_ranks_equal_one_process(tmp_path, one_thread):
     config = tmp_path / "verify.json"
     config.write_text(json.dumps(suite))
     single = verify_suite(config, tmp_path / "single", n=20, verbose=False, sharded=True, n_certified=4,
-                          placements=2, max_iter=2)
+                          placements=2, max_iter=2, batch_size=2)  # one certified sample per attack batch
     result = _torchrun(["verify", str(config), "--output-dir", "two", "--quiet", "--n-images", "20",
-                        "--n-certified", "4", "--placements", "2", "--max-iter", "2"], tmp_path)
+                        "--n-certified", "4", "--placements", "2", "--max-iter", "2", "--batch-size", "2"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     def counts(reports: list[dict]) -> list[dict]:
@@ -242,4 +242,6 @@ def test_verify_two_gloo_ranks_equal_one_process(tmp_path, one_thread):
 
     two = json.loads((tmp_path / "two" / "verify.json").read_text())["reports"]
     assert counts(two) == counts(json.loads(json.dumps(single["reports"])))
-    assert [report["samples"] for report in two] == [4, 4] and not any(report["violations"] for report in two)
+    assert [report["samples"] for report in two] == [3, 4] and not any(report["violations"] for report in two)
+    attack_units = sorted(path.name for path in (tmp_path / "two" / "shards" / "verify-00").glob("attack-*.json"))
+    assert attack_units == ["attack-00000.json", "attack-00001.json", "attack-00002.json"]  # spread over 2 ranks
