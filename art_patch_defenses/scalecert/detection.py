@@ -37,12 +37,15 @@ def detect_from_labels(prediction: np.ndarray, window_labels: np.ndarray, evalua
     alert = np.zeros(n, dtype=bool)
     placement = np.full(n, -1)
     windows_per_placement = contains.sum(1)
+    reach = contains.astype(np.float32)  # (L, W); window counts are exact in float32
+    # A placement inside no window would be unanimous for every label (never the case for ScaleCert's windows).
+    uncovered = (windows_per_placement == 0) if nb_classes > 1 else np.zeros(len(contains), dtype=bool)
     for i in np.flatnonzero(disagree.any(axis=1)):
-        votes = np.zeros((window_labels.shape[1], nb_classes))
-        votes[np.arange(window_labels.shape[1]), window_labels[i]] = 1
-        unanimous = contains.astype(float) @ votes == windows_per_placement[:, None]
-        unanimous[:, prediction[i]] = False
-        caught = unanimous.any(axis=1)
+        # Only labels some window gave can be unanimous over a placement's windows: count those, not all classes.
+        caught = uncovered.copy()
+        for label in np.unique(window_labels[i]):
+            if label != prediction[i]:
+                caught |= reach @ (window_labels[i] == label).astype(np.float32) == windows_per_placement
         if caught.any():
             alert[i] = True
             placement[i] = int(np.argmax(np.where(caught, windows_per_placement, -1)))
