@@ -7,9 +7,11 @@ ImageNet BagNet-17 (full width). The unit of each row is the undefended forward 
 measured in the same process right before each row (so a change in the load of shared cores between rows does not
 enter the ratio): ART ``predict`` of the plain classifier, per image, at the most efficient of a few
 batch sizes (16, 64, 256 images up to 64 px; 8, 32 above: the strictest unit), median of ``--repeats`` runs. FNC,
-PatchZero and robust masking with BagNet (one forward each) are timed on a batch of that size; the other
-defences' ``predict`` and (certifiers) ``certify`` per image on ``n`` smooth random images (side-``s`` bilinear
-upsampling of 8x8 noise plus pixel noise), median of the repeats. The ratio is that time over the unit.
+PatchZero and robust masking with BagNet (one forward each) are timed on a batch of that size; the other defences'
+``predict`` and (certifiers) ``certify`` per image, with their copies classified in batches of that size
+(``batch_size=`` of predict / certify, Mask-DS's band chunk: large batches are slower per image on a CPU), on
+``n`` smooth random images (side-``s`` bilinear upsampling of 8x8 noise plus pixel noise), median of the repeats.
+The ratio is that time over the unit.
 
 Next to each ratio: the forward-pass bound, the backbone forward passes the algorithm needs for that image,
 *counted* (a forward pre-hook on the backbone adds up the images it sees) and checked against its formula:
@@ -228,7 +230,8 @@ def measure_size(side: int, n: int, repeats: int, seed: int) -> dict:
     # Robust masking, Mask-DS: one base forward per column band.
     band = max(1, round(25 * side / 224))
     torch.manual_seed(seed)
-    ds = ChunkedColumnBandNet(ds_base_from(copy.deepcopy(resnet), IMAGENET_MEAN, IMAGENET_STD), band, (side, side))
+    ds = ChunkedColumnBandNet(ds_base_from(copy.deepcopy(resnet), IMAGENET_MEAN, IMAGENET_STD), band, (side, side),
+                              chunk=unit_batch)
     mask_ds = wrap(ds, side, PyTorchRobustMasking, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), patch_size=patch,
                    feature_type="prediction")
     counter = ForwardCounter(ds.base)
@@ -237,7 +240,7 @@ def measure_size(side: int, n: int, repeats: int, seed: int) -> dict:
         adjacent = unit_now()
         seconds, counted = median_seconds(run, repeats, counter)
         rows.append(row("robust_masking_mask_ds", call, seconds, adjacent, n, float(side),
-                        f"{side} bands (one per column)", forwards_counted=counted / n, band_width=band))
+                        "s bands (one per column)", forwards_counted=counted / n, band_width=band))
         log(f"robust masking mask-ds {call} {rows[-1]['ratio']:.2f}x (bound {side})")
 
     # PatchCleanser, k = 6.
@@ -245,7 +248,7 @@ def measure_size(side: int, n: int, repeats: int, seed: int) -> dict:
     counter = ForwardCounter(cleanser.model)
     masks = len(mask_set((side, side), patch, MASKS_PER_AXIS))
     adjacent = unit_now()
-    seconds, counted = median_seconds(lambda: cleanser.predict(x), repeats, counter)
+    seconds, counted = median_seconds(lambda: cleanser.predict(x, batch_size=unit_batch), repeats, counter)
     two_mask_rows = (counted - n * masks) / masks
     rows.append(row("patchcleanser", "predict", seconds, adjacent, n, counted / n,
                     "k^2 one-mask copies + k^2 per two-mask row opened", forwards_counted=counted / n,
@@ -253,7 +256,7 @@ def measure_size(side: int, n: int, repeats: int, seed: int) -> dict:
     log(f"patchcleanser predict {rows[-1]['ratio']:.1f}x (bound {rows[-1]['bound']:.0f})")
     pairs = masks * (masks + 1) // 2
     adjacent = unit_now()
-    seconds, counted = median_seconds(lambda: cleanser.certify(x), repeats, counter)
+    seconds, counted = median_seconds(lambda: cleanser.certify(x, batch_size=unit_batch), repeats, counter)
     assert counted == n * pairs, (counted, n, pairs)
     rows.append(row("patchcleanser", "certify", seconds, adjacent, n, float(pairs),
                     "k^2 (k^2 + 1) / 2 one- and two-mask copies", forwards_counted=counted / n))
@@ -264,13 +267,13 @@ def measure_size(side: int, n: int, repeats: int, seed: int) -> dict:
     copies = len(block_starts(side, patch, stride)) ** 2
     mrs = wrap(copy.deepcopy(resnet), side, PyTorchMRS, sample_size=MRS_N, n0=MRS_N0, patch_size=patch, stride=stride)
     counter = ForwardCounter(mrs.model)
-    for call, run, samples in (("predict", lambda: mrs.predict(x), MRS_N),
-                               ("certify", lambda: mrs.certify(x), MRS_N0 + MRS_N)):
+    for call, run, samples in (("predict", lambda: mrs.predict(x, batch_size=unit_batch), MRS_N),
+                               ("certify", lambda: mrs.certify(x, batch_size=unit_batch), MRS_N0 + MRS_N)):
         adjacent = unit_now()
         seconds, counted = median_seconds(run, repeats, counter)
         # An image whose localisation abstains draws no samples: the bound is what this image needed.
         rows.append(row("mrs", call, seconds, adjacent, n, counted / n,
-                        f"{copies} localisation copies + {'n' if call == 'predict' else 'n0 + n'} = {samples} samples",
+                        f"{MRS_GRID}x{MRS_GRID} localisation copies + {'n' if call == 'predict' else 'n0 + n'} samples",
                         forwards_counted=counted / n, localisation_copies=copies, samples=samples))
         log(f"mrs {call} {rows[-1]['ratio']:.1f}x (bound {rows[-1]['bound']:.0f})")
 
@@ -279,13 +282,13 @@ def measure_size(side: int, n: int, repeats: int, seed: int) -> dict:
     counter = ForwardCounter(scalecert.model.model)
     candidates = scalecert.candidate_windows(x)
     merged = len(scalecert.windows_for().boxes)
-    for call, run, extra in (("predict", lambda: scalecert.predict(x), 2),
-                             ("certify", lambda: scalecert.certify(x), 1)):
+    for call, run, extra in (("predict", lambda: scalecert.predict(x, batch_size=unit_batch), 2),
+                             ("certify", lambda: scalecert.certify(x, batch_size=unit_batch), 1)):
         adjacent = unit_now()
         seconds, counted = median_seconds(run, repeats, counter)
         assert counted == int(candidates.sum()) + extra * n, (counted, candidates, extra)
         rows.append(row("scalecert", call, seconds, adjacent, n, counted / n,
-                        f"{extra} + merged windows meeting the candidate region (of {merged})",
+                        f"{extra} + merged windows meeting the candidate region",
                         forwards_counted=counted / n, candidate_windows=float(candidates.mean()),
                         merged_windows=merged))
         log(f"scalecert {call} {rows[-1]['ratio']:.1f}x (bound {rows[-1]['bound']:.1f})")
@@ -306,6 +309,7 @@ def projection(result: dict) -> list[dict]:
             continue
         seconds = IMAGENET_VAL * entry["ratio"] / A100_RESNET50_IMAGES_PER_SECOND
         out.append({"defence": entry["defence"], "call": entry["call"], "forward_passes_per_image": entry["ratio"],
+                    "unit": "BagNet-17 forward" if entry.get("unit_model") == "bagnet17" else "backbone forward",
                     **{f"hours_{gpus}_gpus": seconds / gpus / 3600 for gpus in GPU_COUNTS}})
     return out
 
@@ -395,6 +399,8 @@ def docs_page(result: dict) -> str:
               "bound at 32 and 224 px.", ""]
     rows = result["results"].get("projection", [])
     if rows:
+        at_224 = next(e for e in sizes if e["side"] == 224)
+        bagnet_cost = at_224["bagnet17_forward_seconds_per_image"] / at_224["forward_seconds_per_image"]
         lines += [
             "## Projection: certifying the 50,000 ImageNet validation images",
             "",
@@ -405,14 +411,18 @@ def docs_page(result: dict) -> str:
             "multiple is mostly the forward-pass count; on a GPU the Python and NumPy overhead weighs more, not "
             "less), GPUs scale perfectly, and data loading is free. MRS uses the reduced samples of this benchmark "
             f"({MRS_N0} + {MRS_N}); the paper's 100 + 1,000 is about ten times as much. FNC and PatchZero have no "
-            "certificate: their row is one `predict` pass over the set.",
+            "certificate: their row is one `predict` pass over the set. Robust masking's BagNet row counts BagNet-17 "
+            "forwards, projected at the same throughput, although a BagNet-17 forward costs "
+            f"{bagnet_cost:.1f} ResNet-18 forwards here at 224 px (no early downsampling): that row is an "
+            "underestimate.",
             "",
-            "| defence | call | forward passes per image (measured ratio at 224 px) | "
+            "| defence | call | unit | forward passes per image (measured ratio at 224 px) | "
             + " | ".join(f"hours on {g} GPU{'s' if g > 1 else ''}" for g in GPU_COUNTS) + " |",
-            "|---|---|---|" + "---|" * len(GPU_COUNTS),
+            "|---|---|---|---|" + "---|" * len(GPU_COUNTS),
         ]
         for r in rows:
-            lines.append(f"| {r['defence']} | {r['call']} | {r['forward_passes_per_image']:.3g} | "
+            lines.append(f"| {r['defence']} | {r['call']} | {r.get('unit', 'backbone forward')} | "
+                         f"{r['forward_passes_per_image']:.3g} | "
                          + " | ".join(f"{r[f'hours_{g}_gpus']:.3g}" for g in GPU_COUNTS) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -450,7 +460,8 @@ def main() -> None:
                     f"ScaleCert {SCALECERT}, "
                     f"MRS n0 = {MRS_N0}, n = {MRS_N}, sigma 25/255, localisation on a {MRS_GRID}x{MRS_GRID} grid, "
                     "Mask-DS band round(25 s / 224) columns, robust-masking threshold 0, FNC alpha 1.0; images per "
-                    f"size {images_per_size}; FNC, PatchZero and BagNet timed on a batch of the unit's size; "
+                    f"size {images_per_size}; FNC, PatchZero and BagNet timed on a batch of the unit's size, the other "
+                    "defences' copies classified in batches of it; "
                     f"repeats {args.repeats} at <= 64 px, else 1",
         "torch_threads": torch.get_num_threads(),
         "note": "other jobs shared the machine's cores during the run, so absolute times are noisy; ratios are "
