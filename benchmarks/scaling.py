@@ -397,7 +397,7 @@ def docs_page(result: dict) -> str:
     lines += ["## Against the goal", "",
               ("Above 1.3x their bound: " + "; ".join(over) + ".") if over else "Every defence is within 1.3x of its "
               "bound at 32 and 224 px.", ""]
-    rows = result["results"].get("projection", [])
+    rows = projection(result)  # from the measured rows, so the page follows this code's projection
     if rows:
         at_224 = next(e for e in sizes if e["side"] == 224)
         bagnet_cost = at_224["bagnet17_forward_seconds_per_image"] / at_224["forward_seconds_per_image"]
