@@ -5,9 +5,14 @@ from __future__ import annotations
 from art_patch_defenses.models.registry import wrap_registered_model
 from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
 
-#: Registered models that are robust-masking backbones (local logits).
-BACKBONE_MODELS = ("cifar_mask_ds", "cifar_bagnet", "mnist_bagnet")
+#: Registered models that are robust-masking backbones (local logits); :func:`register_backbones` extends it.
+BACKBONE_MODELS: list[str] = ["cifar_mask_ds", "cifar_bagnet", "mnist_bagnet"]
 _MASKING_KEYS = ("patch_size", "threshold", "feature_clip", "feature_type")
+
+
+def register_backbones(*names: str) -> None:
+    """Let :func:`get_art_model` build these registered models (each must return local logits); idempotent."""
+    BACKBONE_MODELS.extend(name for name in names if name not in BACKBONE_MODELS)
 
 
 def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,

@@ -15,8 +15,7 @@ from art_patch_defenses.models.imagenet import LOCAL_LOGIT_MODELS
 
 def register() -> None:
     """Let ``robust_masking.get_art_model`` build the ImageNet local-logit models (idempotent)."""
-    missing = tuple(name for name in LOCAL_LOGIT_MODELS if name not in classifier.BACKBONE_MODELS)
-    classifier.BACKBONE_MODELS = (*classifier.BACKBONE_MODELS, *missing)
+    classifier.register_backbones(*LOCAL_LOGIT_MODELS)
 
 
 register()
