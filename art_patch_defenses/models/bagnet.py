@@ -5,7 +5,8 @@ ICLR 2019 (https://arxiv.org/abs/1904.00760): unpadded convolutions keep each ou
 and the classifier runs at every location (1x1 convolutions), so one patch corrupts only a window of local
 logits. Each network reports its receptive field and stride, computed from its layers by
 :func:`art_patch_defenses.geometry.receptive_field`. Also the column-band network of de-randomized smoothing and
-Mask-DS built on it (:func:`mask_ds`), which robust masking and ART's de-randomized-smoothing baseline share.
+Mask-DS built on it (:func:`mask_ds`), which robust masking and ART's de-randomized-smoothing baseline share, and
+:class:`ColumnBandCNN`, column bands computed in one convolution pass (robust masking's MNIST Mask-DS).
 """
 
 from __future__ import annotations
@@ -95,6 +96,53 @@ class ColumnBandNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.base(self.ablate(x))  # (N * W, C)
         return logits.view(len(x), 1, self.keep.shape[0], -1)
+
+
+class ColumnBandCNN(nn.Module):
+    """Column bands in one pass: the local logit of band ``j`` sees columns ``j .. j + band_width - 1`` (wrapping
+    around) and nothing else, as a :class:`ColumnBandNet` band does, but all bands share one convolution pass.
+
+    Input: raw [0, 1] pixels ``(N, C, H, W)``, encoded as ``(x, 1 - x)`` plus a channel holding each column's
+    position (a band knows where it is, as an ablated :class:`ColumnBandNet` image shows it; on centred digits
+    that is worth much). The first convolution spans ``band_width`` columns without padding along the width;
+    every later layer is ``k x 1`` (height only), then a maximum over the height and a 1x1 classifier. Local
+    logits ``(N, 1, W, C)``: the receptive field is the full height by ``band_width`` columns, stride 1, with
+    wrap-around, exactly the geometry robust masking's windows assume.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, band_width: int = 2, width: int = 32,
+                 image_hw: tuple[int, int] = (32, 32)) -> None:
+        super().__init__()
+        if not 1 <= band_width <= image_hw[1]:
+            raise ValueError(f"band_width must be in [1, {image_hw[1]}], got {band_width}")
+        self.band_width = band_width
+        self.receptive_field = (image_hw[0], band_width)
+        self.stride = (image_hw[0], 1)
+        self.wrap = (False, True)
+
+        def block(inputs: int, outputs: int, kernel: tuple[int, int], pool: bool) -> list[nn.Module]:
+            layers = [nn.Conv2d(inputs, outputs, kernel, padding=(kernel[0] // 2, 0), bias=False),
+                      nn.BatchNorm2d(outputs), nn.ReLU(inplace=True)]
+            return [*layers, nn.MaxPool2d((2, 1))] if pool else layers
+
+        self.features = nn.Sequential(
+            *block(2 * in_channels + 1, width, (3, band_width), True),
+            *block(width, 2 * width, (3, 1), True),
+            *block(2 * width, 2 * width, (3, 1), True),
+            *block(2 * width, 4 * width, (3, 1), False),
+        )
+        self.classifier = nn.Conv2d(4 * width, num_classes, 1)
+
+    def feature_map_size(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        return 1, input_hw[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        position = torch.linspace(0.0, 1.0, x.shape[3], dtype=x.dtype, device=x.device).expand(len(x), 1, *x.shape[2:])
+        encoded = torch.cat([x, 1 - x, position], dim=1)
+        # The first band_width - 1 columns again at the right edge: the last bands wrap around.
+        encoded = torch.cat([encoded, encoded[..., : self.band_width - 1]], dim=3)
+        features = self.features(encoded).amax(dim=2, keepdim=True)  # (N, 4w, 1, W)
+        return self.classifier(features).permute(0, 2, 3, 1)
 
 
 def ds_base_from(resnet: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:

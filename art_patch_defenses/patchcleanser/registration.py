@@ -2,7 +2,11 @@
 
 - ``cifar_resnet20`` / ``cifar_resnet56``: ``checkpoints/cifar10_resnet<depth>_patchcleanser.pt``
   (``patchcleanser.train``);
-- ``mnist_cnn``: ``checkpoints/mnist_embedded_mnist_cnn_patchcleanser.pt`` (``patchcleanser.train_embedded``).
+- ``mnist_cnn``: ``checkpoints/mnist_embedded_mnist_cnn_patchcleanser.pt`` (an earlier
+  ``patchcleanser.train_embedded`` recipe);
+
+and its own model ``mnist_patchcleanser_cnn`` (the embedded MNIST CNN's architecture), tag ``"embedded"``:
+``checkpoints/mnist_embedded_patchcleanser_cnn.pt`` (``patchcleanser.train_embedded``), the default scenario's.
 """
 
 from __future__ import annotations
@@ -10,12 +14,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from art_patch_defenses.models.registry import embedded_checkpoint, register_weights
+from art_patch_defenses.models.mnist_cnn import MnistCNN
+from art_patch_defenses.models.registry import (
+    MNIST_MEAN,
+    MNIST_STD,
+    ModelSpec,
+    embedded_checkpoint,
+    register_model,
+    register_weights,
+)
 from art_patch_defenses.paths import checkpoints_dir
 
 TAG = "patchcleanser"
 #: File name part of the embedded MNIST model: ``checkpoints/mnist_embedded_mnist_cnn_patchcleanser.pt``.
 MNIST_CHECKPOINT = "mnist_cnn_patchcleanser"
+#: The default scenario's model and its file part: ``checkpoints/mnist_embedded_patchcleanser_cnn.pt``.
+MNIST_MODEL = "mnist_patchcleanser_cnn"
+MNIST_MODEL_CHECKPOINT = "patchcleanser_cnn"
 
 
 def _cifar_resnet(depth: int) -> Callable[[], Path]:
@@ -23,10 +38,15 @@ def _cifar_resnet(depth: int) -> Callable[[], Path]:
 
 
 def register() -> None:
-    """Register the ``"patchcleanser"`` tags."""
+    """Register the ``"patchcleanser"`` tags and ``mnist_patchcleanser_cnn``."""
     for depth in (20, 56):
         register_weights(f"cifar_resnet{depth}", TAG, _cifar_resnet(depth))
     register_weights("mnist_cnn", TAG, lambda: embedded_checkpoint(MNIST_CHECKPOINT))
+    # A name of its own, so the mnist_cnn tags keep the weights earlier results were measured with.
+    register_model(MNIST_MODEL, ModelSpec(
+        factory=MnistCNN, input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN, std=MNIST_STD,
+        weights={"embedded": lambda: embedded_checkpoint(MNIST_MODEL_CHECKPOINT)},
+    ))
 
 
 register()
