@@ -95,7 +95,7 @@ def certify(
     cells = windows.reshape(len(windows), -1).astype(np.float64)  # (P, K)
     flat = u.reshape(len(u), -1, u.shape[-1])  # (N, K, C)
     total = flat.sum(axis=1)  # (N, C)
-    sums = np.einsum("pk,nkc->npc", cells, flat)  # (N, P, C)
+    sums = np.matmul(cells, flat)  # (N, P, C), by BLAS
     correct = robust_predict(u, windows, threshold) == y
 
     # Wrong classes: evidence outside w0, inflated by 1 / (1 - T).
@@ -107,7 +107,8 @@ def certify(
     true_cells = flat[np.arange(len(u)), :, y]  # (N, K)
     true_sums = sums[np.arange(len(u)), :, y]  # (N, P)
     remaining = total[np.arange(len(u)), y][:, None] - true_sums  # (N, P0): V for each w0
-    inside_both = np.einsum("pk,qk,nk->npq", cells, cells, true_cells)  # (N, P, P0)
+    # One BLAS product per sample (a three-operand einsum loops in C: 6x slower at 441 windows x 676 cells).
+    inside_both = np.matmul(cells[None] * true_cells[:, None, :], cells.T)  # (N, P, P0)
     zeroed_sums = true_sums[:, :, None] - inside_both  # s2[w] for each w0: (N, P, P0)
     largest = zeroed_sums.max(axis=1)  # (N, P0)
     overlaps = (cells @ cells.T) > 0  # (P, P0)
