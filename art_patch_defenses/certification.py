@@ -117,6 +117,10 @@ class CertifierMixin(CheckedInputsMixin):
     abstains: bool = False
     #: Default batch size of ``certify``.
     certify_batch_size: int = 128
+    #: True where ``certify(x).prediction`` is by construction ``predict_labels(predict(x))`` on every sample (a
+    #: deterministic certifier that certifies its own prediction): an evaluation then reads the clean predictions
+    #: from ``certify`` instead of paying for the defence twice.
+    certify_gives_prediction: bool = False
 
     # --- what each certifier implements --------------------------------------------------------------------
 

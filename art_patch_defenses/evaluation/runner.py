@@ -225,16 +225,22 @@ def evaluate_samples(estimator, config: dict, x: np.ndarray, y: np.ndarray, batc
     counts) for a patch detector. ``locations``, ``patch`` and ``seed`` are :func:`run_attack`'s; ``certify_seed``
     is passed to ``certify`` as its ``seed`` (a sharded run's per-chunk seed).
     """
-    benign = labels_in_batches(estimator, x, batch_size, "predict clean images", verbose)
+    certifier = isinstance(estimator, CertifierMixin)
+    # A certifier whose certificate is on its own prediction gives the clean predictions from certify below.
+    benign = (None if certifier and estimator.certify_gives_prediction
+              else labels_in_batches(estimator, x, batch_size, "predict clean images", verbose))
     x_adv, masks, facts = run_attack(estimator, config, x, y, verbose, locations=locations, patch=patch, seed=seed)
     adversarial = labels_in_batches(estimator, x_adv, batch_size, "predict attacked images", verbose)
     change = np.abs(x_adv - x).reshape(len(x), -1)
     outside = ~expand_masks(masks, x).astype(bool).reshape(len(x), -1)
     samples = {"label": np.asarray(y), "benign": benign, "adversarial": adversarial, "linf": change.max(1),
                "outside": np.where(outside, change, 0.0).max(1)}
-    if isinstance(estimator, CertifierMixin):  # its own certificate (for its configured patch), clean images
+    if certifier:  # its own certificate (for its configured patch), clean images
         seeded = {} if certify_seed is None else {"seed": certify_seed}
-        samples["certified"] = estimator.certify(x, y, batch_size=batch_size, verbose=verbose, **seeded).certified
+        certification = estimator.certify(x, y, batch_size=batch_size, verbose=verbose, **seeded)
+        samples["certified"] = certification.certified
+        if benign is None:
+            samples["benign"] = np.asarray(certification.prediction)
     for defence in estimator.preprocessing_defences or []:
         if hasattr(defence, "masks"):  # a patch detector: how well its segmentation found the attacker's patch
             found, true = np.asarray(defence.masks(x_adv, dilated=False), bool), np.asarray(masks, bool)

@@ -34,6 +34,7 @@ class PatchCleanserMixin(CertifierMixin):
     """
 
     certificate_kind = RECOVERY
+    certify_gives_prediction = True
     certify_batch_size = 512
     patch_size: int
     masks_per_axis: int

@@ -54,6 +54,7 @@ class RobustMaskingMixin(CertifierMixin):
     """
 
     certificate_kind = RECOVERY
+    certify_gives_prediction = True
 
     def local_features(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
         raise NotImplementedError

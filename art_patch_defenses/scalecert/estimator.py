@@ -67,6 +67,7 @@ class ScaleCertMixin(CertifierMixin):
 
     certificate_kind = DETECTION
     abstains = True
+    certify_gives_prediction = True
     certify_batch_size = 256
 
     def _classify(self, x: np.ndarray, excluded: np.ndarray | None = None, superficial: torch.Tensor | None = None
