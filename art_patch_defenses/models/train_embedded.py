@@ -17,10 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset, load_dataset
+from art_patch_defenses.data.datasets import balanced_subset
 from art_patch_defenses.models.checkpoints import (
     check_output_writable,
     check_run_start,
@@ -104,6 +106,12 @@ def run_embedded_training(name: str, module: str, argv: Sequence[str], train_fn:
     log(json.dumps(summary))
     record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command)
     return summary
+
+
+def holdout_split(train: ImageDataset, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(fit, held_out)`` of the training digits: ``holdout`` class-balanced digits (seed 0) left out."""
+    held_out = balanced_subset(train.y, holdout, seed=0) if holdout else np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(len(train.y)), held_out), held_out
 
 
 def plain_accuracy(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[nn.Module, ImageDataset], float]:

@@ -19,7 +19,6 @@ import numpy as np
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset
-from art_patch_defenses.data.datasets import balanced_subset
 from art_patch_defenses.models.checkpoints import (
     non_negative_float,
     non_negative_int,
@@ -31,6 +30,7 @@ from art_patch_defenses.models.train_embedded import (
     Log,
     add_run_arguments,
     check_embedded_out,
+    holdout_split,
     plain_accuracy,
     run_embedded_training,
 )
@@ -47,16 +47,10 @@ MRS_MNIST_WIDTHS = (9, 15)
 MRS_MNIST_BLOCK = 5
 MRS_MNIST_STRIDE = 4
 MRS_MNIST_TAU = 8.0
-MRS_MNIST_SAMPLES = 100
+MRS_MNIST_SAMPLES = 50
 MRS_MNIST_N0 = 10
 MRS_MNIST_ALPHA = 0.001
 INIT = ("mnist_cnn", "embedded")
-
-
-def holdout_split(train: ImageDataset, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(fit, held_out)`` of the training digits: ``holdout`` class-balanced digits (seed 0) left out."""
-    held_out = balanced_subset(train.y, holdout, seed=0) if holdout else np.zeros(0, dtype=np.int64)
-    return np.setdiff1d(np.arange(len(train.y)), held_out), held_out
 
 
 def main(argv: list[str] | None = None) -> None:

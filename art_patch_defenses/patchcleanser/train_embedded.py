@@ -17,17 +17,16 @@ import argparse
 import sys
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset
-from art_patch_defenses.data.datasets import balanced_subset
 from art_patch_defenses.models.checkpoints import non_negative_int, positive_float, positive_int, probability
 from art_patch_defenses.models.registry import MNIST_MEAN, MNIST_STD, build_model, make_classifier
 from art_patch_defenses.models.train_embedded import (
     Log,
     add_run_arguments,
     check_embedded_out,
+    holdout_split,
     plain_accuracy,
     run_embedded_training,
 )
@@ -43,12 +42,6 @@ PATCHCLEANSER_MNIST_WORST_OF = 16
 PATCHCLEANSER_MNIST_PATCH = 4
 PATCHCLEANSER_MNIST_MASKS = 6
 INIT = ("mnist_cnn", "embedded")
-
-
-def holdout_split(train: ImageDataset, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(fit, held_out)`` of the training digits: ``holdout`` class-balanced digits (seed 0) left out."""
-    held_out = balanced_subset(train.y, holdout, seed=0) if holdout else np.zeros(0, dtype=np.int64)
-    return np.setdiff1d(np.arange(len(train.y)), held_out), held_out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,16 +20,20 @@ import argparse
 import sys
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset
-from art_patch_defenses.data.datasets import balanced_subset
 from art_patch_defenses.models.checkpoints import non_negative_int, positive_float, positive_int
 from art_patch_defenses.models.registry import make_classifier
-from art_patch_defenses.models.train_embedded import Log, add_run_arguments, check_embedded_out, run_embedded_training
+from art_patch_defenses.models.train_embedded import (
+    Log,
+    add_run_arguments,
+    check_embedded_out,
+    holdout_split,
+    run_embedded_training,
+)
 from art_patch_defenses.models.training import train_classifier
 from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
 from art_patch_defenses.robust_masking.registration import (
@@ -58,12 +62,6 @@ def band_loss(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor) -> tu
     local = model(batch).flatten(1, 2)  # (N, bands, C)
     loss = F.cross_entropy(local.flatten(0, 1), labels.repeat_interleave(local.shape[1]))
     return loss, local.softmax(-1).mean(1)
-
-
-def holdout_split(train: ImageDataset, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(fit, held_out)`` of the training digits: ``holdout`` class-balanced digits (seed 0) left out."""
-    held_out = balanced_subset(train.y, holdout, seed=0) if holdout else np.zeros(0, dtype=np.int64)
-    return np.setdiff1d(np.arange(len(train.y)), held_out), held_out
 
 
 def certifier(model: nn.Module, patch_size: int) -> PyTorchRobustMasking:

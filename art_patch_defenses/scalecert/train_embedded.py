@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset
-from art_patch_defenses.data.datasets import balanced_subset
 from art_patch_defenses.models.checkpoints import (
     fraction,
     non_negative_int,
@@ -40,6 +39,7 @@ from art_patch_defenses.models.train_embedded import (
     Log,
     add_run_arguments,
     check_embedded_out,
+    holdout_split,
     plain_accuracy,
     run_embedded_training,
 )
@@ -85,12 +85,6 @@ def worst_window_loss(net: ScaleCertNet, windows_features: torch.Tensor, top_k_c
         return F.cross_entropy(logits, labels), logits
 
     return loss_fn
-
-
-def holdout_split(train: ImageDataset, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(fit, held_out)`` of the training digits: ``holdout`` class-balanced digits (seed 0) left out."""
-    held_out = balanced_subset(train.y, holdout, seed=0) if holdout else np.zeros(0, dtype=np.int64)
-    return np.setdiff1d(np.arange(len(train.y)), held_out), held_out
 
 
 def main(argv: list[str] | None = None) -> None:
