@@ -363,7 +363,8 @@ def docs_page(result: dict) -> str:
         f"{', '.join(map(str, sides))} px, as a ratio to the undefended forward pass of the same backbone measured "
         "in the same process. Backbone: "
         f"{config['backbone']}. Settings: {config['settings']}. Machine: {environment['cpu_count']} CPU cores, "
-        f"{config['torch_threads']} torch thread, {config['note']}",
+        f"{config['torch_threads']} torch thread, load average before the run (1, 5, 15 min) "
+        f"{config.get('load_average_before', 'not recorded')}; {config['note']}.",
         "",
         "The **bound** is the number of backbone forward passes the algorithm needs for the image, counted with a "
         "forward hook and checked against its formula; **ratio / bound** is what the defence costs beyond those "
@@ -446,6 +447,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     images_per_size = {32: 8, 64: 4, 128: 2, 224: 1}
+    load_before = os.getloadavg()
     start = time.time()
     sizes = []
     for side in args.sizes:
@@ -464,8 +466,10 @@ def main() -> None:
                     "defences' copies classified in batches of it; "
                     f"repeats {args.repeats} at <= 64 px, else 1",
         "torch_threads": torch.get_num_threads(),
-        "note": "other jobs shared the machine's cores during the run, so absolute times are noisy; ratios are "
-                "measured minutes apart in one process",
+        # The load before the run says whether other jobs shared the cores; a ratio's unit is measured just before it.
+        "load_average_before": [round(v, 2) for v in load_before],
+        "note": "absolute times depend on what else runs on the machine (load_average_before); each ratio's unit is "
+                "measured right before its row in the same process",
         "goal": f"ratio / bound <= {GOAL} at 32 and 224 px",
         "projection_assumption": f"ResNet-50 at {A100_RESNET50_IMAGES_PER_SECOND:.0f} images/s per A100 (assumed)",
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
