@@ -105,6 +105,16 @@ def embedded_checkpoint(name: str) -> Path:
     return checkpoints_dir() / f"mnist_embedded_{name}.pt"
 
 
+def register_embedded_mnist_cnn(name: str, checkpoint: str) -> ModelSpec:
+    """Register ``name``: the embedded MNIST CNN's architecture with its own weights, tag ``"embedded"`` =
+    :func:`embedded_checkpoint` ``(checkpoint)`` (a defence's fine-tuned copy under a name of its own, so the
+    ``mnist_cnn`` tags keep the weights earlier results were measured with)."""
+    return register_model(name, ModelSpec(
+        factory=MnistCNN, input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN, std=MNIST_STD,
+        weights={"embedded": lambda: embedded_checkpoint(checkpoint)},
+    ))
+
+
 def cifar_mask_ds(depth: int = 20, band_width: int = 4) -> ColumnBandNet:
     """An untrained CIFAR-10 Mask-DS: bands of ``band_width`` columns around a CIFAR ResNet-``depth`` base."""
     return mask_ds(cifar_resnet(depth), CIFAR10_MEAN, CIFAR10_STD, band_width)

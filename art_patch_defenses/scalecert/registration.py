@@ -13,13 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from art_patch_defenses.models.mnist_cnn import MnistCNN
 from art_patch_defenses.models.registry import (
-    MNIST_MEAN,
-    MNIST_STD,
-    ModelSpec,
     embedded_checkpoint,
-    register_model,
+    register_embedded_mnist_cnn,
     register_weights,
 )
 from art_patch_defenses.paths import checkpoints_dir
@@ -41,11 +37,7 @@ def register() -> None:
     for depth in (20, 56):
         register_weights(f"cifar_resnet{depth}", TAG, _cifar_resnet(depth))
     register_weights("mnist_cnn", TAG, lambda: embedded_checkpoint(MNIST_CHECKPOINT))
-    # A name of its own, so the mnist_cnn tags keep the weights earlier results were measured with.
-    register_model(MNIST_MODEL, ModelSpec(
-        factory=MnistCNN, input_shape=(1, 32, 32), nb_classes=10, mean=MNIST_MEAN, std=MNIST_STD,
-        weights={"embedded": lambda: embedded_checkpoint(MNIST_MODEL_CHECKPOINT)},
-    ))
+    register_embedded_mnist_cnn(MNIST_MODEL, MNIST_MODEL_CHECKPOINT)
 
 
 register()
