@@ -33,6 +33,18 @@ def test_the_ensemble_is_the_worst_case_and_stays_inside_its_patches(mnist_class
     assert report.placements == ["random_1", "gradient_1"] and report.budget["pgd"] == [[0.1, 5]]
 
 
+def test_every_attack_keeps_its_entry_when_nothing_is_left_to_fool(mnist_classifier, data):
+    """Chunks of a sharded run pool ``accuracy_after`` key by key: an attack that found every image already
+    fooled (here: wrong labels, so none is right) still reports its accuracy."""
+    x, _ = data
+    wrong = (mnist_classifier.predict(x).argmax(1) + 1) % 10
+    attack = PatchAutoAttack(mnist_classifier, patch_size=5, seed=0, verbose=False, **SMALL)
+    attack.generate(x, wrong)
+    names = [f"{place}/{name}" for place in attack.report.placements for name in attack.report.attacks]
+    assert attack.report.accuracy_after == dict.fromkeys(names, 0.0)
+    assert attack.report.white_box_accuracy == 0.0 == attack.report.ensemble_accuracy
+
+
 def test_one_seed_makes_a_rerun_identical(mnist_classifier, data):
     x, y = data
     runs = [PatchAutoAttack(mnist_classifier, patch_size=5, seed=3, verbose=False, **SMALL) for _ in range(2)]

@@ -89,10 +89,12 @@ class PatchBudget:
 @dataclass
 class AttackReport:
     """What :class:`PatchAutoAttack` did: accuracy of the defended ``predict`` after each attack (cumulative, over
-    every placement), the random search's own accuracy, the ensemble's, the budget and the placements."""
+    every placement), after all white-box attacks, the random search's own accuracy, the ensemble's, the budget and
+    the placements."""
 
     clean_accuracy: float
     accuracy_after: dict[str, float] = field(default_factory=dict)
+    white_box_accuracy: float = 0.0
     random_search_accuracy: float | None = None
     ensemble_accuracy: float = 0.0
     budget: dict[str, Any] = field(default_factory=dict)
@@ -337,17 +339,16 @@ class PatchAutoAttack(EvasionAttack):
         for p, (place_name, place_masks) in enumerate(placements):
             for a, (name, attack) in enumerate(attacks.items()):
                 todo = np.flatnonzero(right)
-                if not len(todo):
-                    break
-                seed = self.seed + 1000 * p + a
-                x_todo = x[todo]
-                x_adv = attack(x_todo, np.broadcast_to(place_masks[todo][:, None], x_todo.shape).astype(np.float32),
-                               labels[todo], seed)
-                fooled = self._labels(x_adv) != labels[todo]
-                best[todo[fooled]], masks[todo[fooled]] = x_adv[fooled], place_masks[todo[fooled]]
-                right[todo[fooled]] = False
+                if len(todo):  # an attack with nothing left to fool keeps its entry: sharded chunks pool alike
+                    x_todo = x[todo]
+                    x_adv = attack(x_todo, np.broadcast_to(place_masks[todo][:, None], x_todo.shape).astype(
+                        np.float32), labels[todo], self.seed + 1000 * p + a)
+                    fooled = self._labels(x_adv) != labels[todo]
+                    best[todo[fooled]], masks[todo[fooled]] = x_adv[fooled], place_masks[todo[fooled]]
+                    right[todo[fooled]] = False
                 report.accuracy_after[f"{place_name}/{name}"] = float(right.mean())
                 logger.info("%s/%s: accuracy %.3f", place_name, name, right.mean())
+        report.white_box_accuracy = float(right.mean())
         if b.random_search_queries:
             x_rs, rs_masks = random_search_patch(self.estimator, x, labels, self.patch_size, b.random_search_queries,
                                                  seed=self.seed, batch_size=self.batch_size, verbose=self.verbose)

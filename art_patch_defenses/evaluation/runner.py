@@ -440,7 +440,7 @@ def merge_attack_reports(reports: list[dict], sizes: list[int]) -> dict:
         return sum(round(value * size) for value, size in zip(values, sizes, strict=True)) / sum(sizes)
 
     merged = dict(reports[0])
-    for name in ("clean_accuracy", "random_search_accuracy", "ensemble_accuracy"):
+    for name in ("clean_accuracy", "white_box_accuracy", "random_search_accuracy", "ensemble_accuracy"):
         if name in merged:
             merged[name] = pooled([report.get(name) for report in reports])
     if isinstance(merged.get("accuracy_after"), dict):
