@@ -562,6 +562,27 @@ def test_a_config_run_twice_gives_identical_results(tmp_path):
     assert report["max_change_outside_patch"] == 0.0  # measured outside the patches the ensemble chose
 
 
+def _timings_removed(value):
+    if isinstance(value, dict):
+        return {key: _timings_removed(item) for key, item in value.items()
+                if key not in ("seconds", "timestamp", "started", "finished", "updated")}
+    return [_timings_removed(item) for item in value] if isinstance(value, list) else value
+
+
+@needs_shared
+def test_a_committed_leaderboard_config_run_twice_writes_identical_result_files(tmp_path):
+    """The user's path for a leaderboard row (sharded, as the leaderboard runs it) on a small slice: two runs of
+    the same committed config write the same results.json, timings aside."""
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / "leaderboard" / "cifar10_undefended.json"
+    for run in ("a", "b"):
+        assert main(["evaluate", str(config), "--n", "10", "--max-iter", "2", "--sharded", "--chunk-per-class", "1",
+                     "--quiet", "--output-dir", str(tmp_path / run)]) == 0
+    first, second = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("a", "b"))
+    assert _timings_removed(first) == _timings_removed(second)
+    (record,) = first["scenarios"]
+    assert record["results"]["num_samples"] == 10 and "white_box_accuracy" in record["results"]["attack_report"]
+
+
 def test_quick_run_overrides(tmp_path):
     summary = run_suite(TINY, tmp_path, verbose=False, n=10, max_iter=1, seed=3)
     config = summary["outcomes"][0].record["config"]
