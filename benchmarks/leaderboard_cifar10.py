@@ -12,6 +12,8 @@ patch (2.4%). This script only runs those commands (``--assemble`` skips them) a
 ``docs/leaderboard.png``. Columns:
 
 - ``clean``: the defended prediction on the clean images (an abstention or alert counts as wrong);
+- for a certified detector, ``right or alert``: the same ensemble from ``cifar10_<row>_alert_is_safe.json``, where an
+  image is fooled only by a wrong label without an alert (the detection threat model);
 - ``robust``: right under the whole ensemble, per image (worst case over every attack and placement and the random
   search); beside it the white-box part alone and the gradient-free random search alone. An empirical defence whose
   random search is more than 0.02 below its white-box figure is flagged ``gradient masking suspected``;
@@ -119,11 +121,17 @@ def assemble(row: str) -> dict:
         if results.get("certificate_kind") == kind:
             entry[column] = {**fraction(results["certified_accuracy"], n),
                              "patch_pixels": [results["certified_patch_pixels"]] * 2}
-    if "adversarial_right_or_alert" in results:
+    detection = OUTPUTS / f"{row}_alert_is_safe" / "results.json"
+    if detection.is_file():  # the detection threat model: the same ensemble with an alert counted as safe
+        (safe,) = json.loads(detection.read_text())["scenarios"]
         entry["attacked_right_or_alert"] = {
-            **fraction(results["adversarial_right_or_alert"], n),
-            "note": "an upper bound: the ensemble stops at an alert (alert = not right), it does not search on for "
-                    "a wrong prediction without an alert"}
+            **fraction(safe["results"]["adversarial_right_or_alert"], n),
+            "config": str((CONFIGS / f"cifar10_{row}_alert_is_safe.json").relative_to(ROOT)),
+            "command": " ".join(command(f"{row}_alert_is_safe")),
+            "attack": "the row's ensemble with alert_is_safe: an image is fooled only by a wrong label without an "
+                      "alert",
+            "random_search_accuracy": safe["results"]["attack_report"]["random_search_accuracy"],
+            "white_box_accuracy": safe["results"]["attack_report"]["white_box_accuracy"]}
     if "detector_recall" in results:
         entry["detector_on_attacked"] = {key: results[f"detector_{key}"] for key in ("precision", "recall", "f1")}
     return entry
@@ -165,26 +173,29 @@ def render(board: dict) -> None:
         "20-500 forward passes). Certifiers are attacked through their `attack_surrogate()` and judged by their "
         "`predict`.",
         "- Robust = right under the whole ensemble; an abstention or alert counts as wrong in every column except "
-        "certified detection. Intervals: 95% Clopper-Pearson.",
+        "the two of the detection threat model: right or alert under the same ensemble run with `alert_is_safe` "
+        "(an image is fooled only by a wrong label without an alert), and certified detection. Intervals: 95% "
+        "Clopper-Pearson.",
         "- Certificates are in separate columns, each from the row's own `certify` for a 5x5 patch: certified "
         "recovery (right for any patch), certified detection (right or an alert for any patch), and MRS's "
         "region-L2 bound (an L2 radius >= 25/255 inside the localised region: not a certificate against any patch).",
         f"- Seconds: the evaluate run's compute time ({board['threads']}).",
         "",
-        "| defence | clean | robust (ensemble) | white-box part | random search | certified recovery | "
-        "certified detection | region-L2 bound | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| defence | clean | robust (ensemble) | white-box part | random search | right or alert (detection "
+        "threat model) | certified recovery | certified detection | region-L2 bound | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, title in ROWS.items():
         entry = rows.get(name)
         if entry is None:
-            lines.append(f"| {title} | not run yet | | | | | | | |")
+            lines.append(f"| {title} | not run yet | | | | | | | | |")
             continue
         flag = " (gradient masking suspected)" if entry.get("gradient_masking_suspected") else ""
-        lines.append(" | ".join([f"| {title}", cell(entry, "clean_accuracy"), cell(entry, "robust_accuracy") + flag,
-                                 cell(entry, "white_box_accuracy"), cell(entry, "random_search_accuracy"),
-                                 cell(entry, "certified_recovery"), cell(entry, "certified_detection"),
-                                 cell(entry, "region_l2_bound"), f"{entry['seconds']:.0f} |"]))
+        cells = [cell(entry, key) for key in ("clean_accuracy", "robust_accuracy", "white_box_accuracy",
+                                              "random_search_accuracy", "attacked_right_or_alert",
+                                              "certified_recovery", "certified_detection", "region_l2_bound")]
+        cells[1] += flag
+        lines.append(" | ".join([f"| {title}", *cells, f"{entry['seconds']:.0f} |"]))
     missing = [ROWS[name] for name in ROWS if name not in rows]
     if missing:
         lines += ["", f"Not run yet (see the JSON's `pending`): {', '.join(missing)}."]
@@ -221,6 +232,8 @@ def main() -> None:
     for row in args.rows:
         if not args.assemble:
             run(row)
+            if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file():
+                run(f"{row}_alert_is_safe")
         manifest = OUTPUTS / row / "manifest.json"
         status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else "not started"
         if status != "complete":

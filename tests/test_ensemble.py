@@ -84,6 +84,24 @@ def test_a_certifier_is_attacked_through_its_surrogate_and_judged_by_its_predict
     assert attack.report.ensemble_accuracy == pytest.approx(right.mean())
 
 
+def test_under_the_detection_threat_model_an_alert_is_safe(data):
+    """alert_is_safe: an image is fooled only with a wrong label and no alert; the attacks go on where a patch
+    was caught, and the report counts an alert as right."""
+    from art_patch_defenses.scalecert import get_art_model
+
+    scalecert = get_art_model({"name": "mnist_cnn", "weights": "scalecert", "top_k": 0.1, "patch_size": 5})
+    x, y = data
+    budget = {**SMALL, "random_search_queries": 10, "targeted_top_k": 0}
+    strict = PatchAutoAttack(scalecert, patch_size=5, seed=0, verbose=False, **budget)
+    lenient = PatchAutoAttack(scalecert, patch_size=5, seed=0, verbose=False, alert_is_safe=True, **budget)
+    strict.generate(x, y)
+    labels = scalecert.predict_labels(lenient.generate(x, y))
+    assert lenient.report.alert_is_safe and lenient.report.ensemble_accuracy == pytest.approx(
+        np.mean((labels == y) | (labels == -1)))
+    assert lenient.report.ensemble_accuracy >= strict.report.ensemble_accuracy
+    assert lenient.report.clean_accuracy >= strict.report.clean_accuracy
+
+
 def test_patchzero_gets_its_joint_adaptive_attack(mnist_test):
     from art_patch_defenses.models import build_model, make_classifier
     from art_patch_defenses.patchzero import PatchZero

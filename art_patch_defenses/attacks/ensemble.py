@@ -90,7 +90,7 @@ class PatchBudget:
 class AttackReport:
     """What :class:`PatchAutoAttack` did: accuracy of the defended ``predict`` after each attack (cumulative, over
     every placement), after all white-box attacks, the random search's own accuracy, the ensemble's, the budget and
-    the placements."""
+    the placements. With ``alert_is_safe`` every accuracy counts an abstention or alert as right."""
 
     clean_accuracy: float
     accuracy_after: dict[str, float] = field(default_factory=dict)
@@ -100,6 +100,7 @@ class AttackReport:
     budget: dict[str, Any] = field(default_factory=dict)
     placements: list[str] = field(default_factory=list)
     attacks: list[str] = field(default_factory=list)
+    alert_is_safe: bool = False
 
 
 def gradient_placements(surrogate, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], count: int) -> np.ndarray:
@@ -124,23 +125,26 @@ def _window_masks(image_hw: tuple[int, int], shape: tuple[int, int], places: np.
     return masks
 
 
-def _margins(scores: np.ndarray, y: np.ndarray, nb_classes: int) -> np.ndarray:
-    """Score of the label minus the best other class; an abstention (the protocol's extra column) is -1."""
+def _margins(scores: np.ndarray, y: np.ndarray, nb_classes: int, alert_is_safe: bool = False) -> np.ndarray:
+    """Score of the label minus the best other class; an abstention (the protocol's extra column) is -1, or
+    +inf where an alert is safe (the attack must avoid it)."""
     classes = scores[:, :nb_classes].astype(np.float64)
     own = classes[np.arange(len(y)), y]
     classes[np.arange(len(y)), y] = -np.inf
     margin = own - classes.max(axis=1)
     if scores.shape[1] == nb_classes + 1:
-        margin[scores[:, -1] > 0] = -1.0
+        margin[scores[:, -1] > 0] = np.inf if alert_is_safe else -1.0
     return margin
 
 
 def random_search_patch(estimator, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], queries: int,
-                        seed: int = 0, batch_size: int = 128, verbose: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                        seed: int = 0, batch_size: int = 128, verbose: bool = False,
+                        alert_is_safe: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A gradient-free patch attack on ``estimator.predict``'s scores: random search over the patch's place and
     content (after Patch-RS). Each query either moves the patch to a random place or paints a random square of it
     (side shrinking with the queries) a random corner colour of the RGB cube; a proposal is kept if it lowers the
-    margin of the label. It stops per image once the image is not right.
+    margin of the label. It stops per image once the image is not right (with ``alert_is_safe``: once it is
+    wrong without an abstention or alert).
 
     :return: adversarial images and their patch masks ``(N, H, W)``.
     """
@@ -160,7 +164,7 @@ def random_search_patch(estimator, x: np.ndarray, y: np.ndarray, shape: tuple[in
     def margins(index: np.ndarray, where: np.ndarray, content: np.ndarray) -> np.ndarray:
         images = paste(index, where, content)
         return np.concatenate([_margins(estimator.predict(images[s : s + batch_size], batch_size=batch_size),
-                                        y[index][s : s + batch_size], estimator.nb_classes)
+                                        y[index][s : s + batch_size], estimator.nb_classes, alert_is_safe)
                                for s in range(0, len(index), batch_size)])
 
     best = margins(np.arange(n), places, patches)
@@ -230,19 +234,24 @@ class PatchAutoAttack(EvasionAttack):
     :param patch_size: patch side in pixels, or ``(height, width)``.
     :param budget: a :class:`PatchBudget`; keyword arguments override its fields.
     :param seed: fixes placements, random starts, restarts and the random search.
+    :param alert_is_safe: the detection threat model (a certified detector such as ScaleCert): an image counts as
+        fooled only with a wrong label and no abstention or alert, so the attacks go on where a patch was caught.
+        Default: an abstention or alert is not right, like a wrong label.
     """
 
-    attack_params = EvasionAttack.attack_params + ["patch_size", "budget", "seed", "batch_size", "verbose"]
+    attack_params = EvasionAttack.attack_params + ["patch_size", "budget", "seed", "batch_size", "verbose",
+                                                   "alert_is_safe"]
     _estimator_requirements = (BaseEstimator, ClassifierMixin)
 
     def __init__(self, estimator, patch_size: int | tuple[int, int] = 5, budget: PatchBudget | None = None,
-                 seed: int = 0, batch_size: int = 64, verbose: bool = True, **budget_overrides: Any) -> None:
+                 seed: int = 0, batch_size: int = 64, verbose: bool = True, alert_is_safe: bool = False,
+                 **budget_overrides: Any) -> None:
         super().__init__(estimator=estimator)
         self.patch_size = (patch_size, patch_size) if isinstance(patch_size, (int, np.integer)) else tuple(patch_size)
         if "pgd" in budget_overrides:
             budget_overrides["pgd"] = tuple(tuple(pair) for pair in budget_overrides["pgd"])
         self.budget = PatchBudget(**{**asdict(budget or PatchBudget()), **budget_overrides})
-        self.seed, self.batch_size, self.verbose = seed, batch_size, verbose
+        self.seed, self.batch_size, self.verbose, self.alert_is_safe = seed, batch_size, verbose, alert_is_safe
         self.report: AttackReport | None = None
         self.last_masks: np.ndarray | None = None
         self._check_params()
@@ -254,6 +263,8 @@ class PatchAutoAttack(EvasionAttack):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.alert_is_safe, bool):
+            raise ValueError(f"alert_is_safe must be a bool, got {self.alert_is_safe!r}")
 
     def _labels(self, x: np.ndarray) -> np.ndarray:
         from art_patch_defenses.certification import predict_labels
@@ -262,6 +273,13 @@ class PatchAutoAttack(EvasionAttack):
                                                                      batch_size=self.batch_size),
                                               self.estimator.nb_classes)
                                for s in range(0, len(x), self.batch_size)])
+
+    def _holds(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Images the defence still gets right (or, with ``alert_is_safe``, right or alerted)."""
+        from art_patch_defenses.certification import ABSTAIN
+
+        predicted = self._labels(x)
+        return (predicted == y) | (self.alert_is_safe & (predicted == ABSTAIN))
 
     def _attacks(self, surrogate) -> dict[str, Any]:
         """name -> attack(x, x-shaped mask, labels, seed) for the white-box part."""
@@ -331,9 +349,9 @@ class PatchAutoAttack(EvasionAttack):
             raise ValueError("no placement: give a mask or a budget with random or gradient placements")
 
         best, masks = x.copy(), placements[0][1].copy()
-        right = self._labels(x) == labels
+        right = self._holds(x, labels)
         report = AttackReport(clean_accuracy=float(right.mean()), budget=b.as_dict(),
-                              placements=[name for name, _ in placements])
+                              placements=[name for name, _ in placements], alert_is_safe=self.alert_is_safe)
         attacks = self._attacks(surrogate)
         report.attacks = list(attacks)
         for p, (place_name, place_masks) in enumerate(placements):
@@ -343,7 +361,7 @@ class PatchAutoAttack(EvasionAttack):
                     x_todo = x[todo]
                     x_adv = attack(x_todo, np.broadcast_to(place_masks[todo][:, None], x_todo.shape).astype(
                         np.float32), labels[todo], self.seed + 1000 * p + a)
-                    fooled = self._labels(x_adv) != labels[todo]
+                    fooled = ~self._holds(x_adv, labels[todo])
                     best[todo[fooled]], masks[todo[fooled]] = x_adv[fooled], place_masks[todo[fooled]]
                     right[todo[fooled]] = False
                 report.accuracy_after[f"{place_name}/{name}"] = float(right.mean())
@@ -351,8 +369,9 @@ class PatchAutoAttack(EvasionAttack):
         report.white_box_accuracy = float(right.mean())
         if b.random_search_queries:
             x_rs, rs_masks = random_search_patch(self.estimator, x, labels, self.patch_size, b.random_search_queries,
-                                                 seed=self.seed, batch_size=self.batch_size, verbose=self.verbose)
-            rs_right = self._labels(x_rs) == labels
+                                                 seed=self.seed, batch_size=self.batch_size, verbose=self.verbose,
+                                                 alert_is_safe=self.alert_is_safe)
+            rs_right = self._holds(x_rs, labels)
             report.random_search_accuracy = float(rs_right.mean())
             take = right & ~rs_right
             best[take], masks[take] = x_rs[take], rs_masks[take]
