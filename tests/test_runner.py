@@ -518,7 +518,6 @@ def test_a_stopped_evaluation_keeps_the_finished_scenario(tmp_path, signal_name)
     assert manifest["scenarios_complete"] == 1 and manifest["scenarios"][0]["status"] == "complete"
     first = json.loads((out / manifest["scenarios"][0]["file"]).read_text())
     assert first["results"]["num_samples"] == 20 and first["config"]["attack"]["name"] == "adversarial_patch"
-    assert 0.0 <= first["results"]["adversarial_mean_categorical_accuracy"] <= 1.0
     if signal_name in ("SIGINT", "SIGTERM"):
         assert process.returncode == (130 if signal_name == "SIGINT" else 143), err
         assert manifest["status"] == "interrupted" and manifest["scenarios"][1]["status"] == "interrupted"
