@@ -137,6 +137,12 @@ def assemble(row: str) -> dict:
     return entry
 
 
+def progress(row: str) -> str:
+    """How far an unfinished row's run got: its finished chunks of 10 (50 images each)."""
+    chunks = list((OUTPUTS / row / "shards").glob("evaluate-*/chunk-*.json"))
+    return f"{len(chunks)} of 10 chunks finished" if chunks else "not started"
+
+
 def class_counts(config: dict) -> dict[str, int]:
     from art_patch_defenses.data import load_dataset
 
@@ -188,7 +194,7 @@ def render(board: dict) -> None:
     for name, title in ROWS.items():
         entry = rows.get(name)
         if entry is None:
-            lines.append(f"| {title} | not run yet | | | | | | | | |")
+            lines.append(f"| {title} | pending: {board['pending'].get(name, 'not started')} | | | | | | | | |")
             continue
         flag = " (gradient masking suspected)" if entry.get("gradient_masking_suspected") else ""
         cells = [cell(entry, key) for key in ("clean_accuracy", "robust_accuracy", "white_box_accuracy",
@@ -196,21 +202,18 @@ def render(board: dict) -> None:
                                               "certified_recovery", "certified_detection", "region_l2_bound")]
         cells[1] += flag
         lines.append(" | ".join([f"| {title}", *cells, f"{entry['seconds']:.0f} |"]))
-    missing = [ROWS[name] for name in ROWS if name not in rows]
-    if missing:
-        lines += ["", f"Not run yet (see the JSON's `pending`): {', '.join(missing)}."]
     lines += ["", "![leaderboard](leaderboard.png)", ""]
     (DOCS / "leaderboard.md").write_text("\n".join(lines))
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.2))
     present = [name for name in ROWS if name in rows]
-    keys = ["clean_accuracy", "robust_accuracy", "random_search_accuracy", "certified_recovery",
-            "certified_detection", "region_l2_bound"]
-    width = 0.13
+    keys = ["clean_accuracy", "robust_accuracy", "random_search_accuracy", "attacked_right_or_alert",
+            "certified_recovery", "certified_detection", "region_l2_bound"]
+    width = 0.12
     for k, key in enumerate(keys):
         values = [rows[name][key]["value"] if key in rows[name] else 0.0 for name in present]
-        ax.bar(np.arange(len(present)) + (k - 2.5) * width, values, width, label=key.replace("_", " "))
+        ax.bar(np.arange(len(present)) + (k - 3) * width, values, width, label=key.replace("_", " "))
     ax.set_xticks(np.arange(len(present)), [ROWS[name] for name in present], fontsize=7)
     ax.set_ylabel("accuracy (500 images)")
     ax.set_ylim(0, 1)
@@ -236,12 +239,12 @@ def main() -> None:
                 run(f"{row}_alert_is_safe")
         manifest = OUTPUTS / row / "manifest.json"
         status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else "not started"
-        if status != "complete":
+        if status == "complete":
+            board["rows"][row] = assemble(row)
+        else:
             print(f"{row}: run {status}; not on the board yet", flush=True)
-            continue
-        board["rows"][row] = assemble(row)
     board.update(threads=args.threads, environment=environment(),
-                 pending=[row for row in ROWS if row not in board["rows"]])
+                 pending={row: progress(row) for row in ROWS if row not in board["rows"]})
     LEADERBOARD_JSON.write_text(json.dumps(board, indent=2) + "\n")
     render(board)
     print((DOCS / "leaderboard.md").read_text())
