@@ -211,6 +211,56 @@ def test_column_bands_see_only_their_columns_and_wrap():
     assert window_masks(net.feature_map_size((32, 32)), (1, window), net.wrap).shape == (32, 1, 32)
 
 
+def _cropped_mask_ds():
+    from art_patch_defenses.models import cifar_resnet
+    from art_patch_defenses.models.bagnet import cropped_mask_ds
+    from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
+
+    torch.manual_seed(0)
+    net = cropped_mask_ds(cifar_resnet(20), CIFAR10_MEAN, CIFAR10_STD, band_width=4).eval()
+    for module in net.modules():  # random BN statistics, so every channel matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        net.base.net.conv1.weight[:, -1].normal_()  # the position channel, zero after the warm start
+    return net
+
+
+def test_a_cropped_band_is_unchanged_by_any_edit_outside_its_columns():
+    net = _cropped_mask_ds()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = net(x)
+        for band in (0, 13, 30):  # band 30 wraps: columns 30, 31, 0, 1
+            inside = (torch.arange(32)[:, None] == (band + torch.arange(4)) % 32).any(1)
+            edited = torch.where(inside, x, torch.rand_like(x))
+            after = net(edited)
+            torch.testing.assert_close(after[:, 0, band], before[:, 0, band], rtol=0, atol=0)
+            assert (after[:, 0, ~inside] - before[:, 0, ~inside]).abs().amax() > 0  # the other bands did move
+
+
+def test_cropped_bands_equal_the_ablated_path_that_art_takes():
+    """``forward`` crops straight from the image; ART's ablator (and ``ColumnBandNet.ablate``) hands the band
+    classifier ablated copies, which :class:`BandCrop` crops itself: the same logits, the same ART vote."""
+    from art_patch_defenses.baselines.derandomized_smoothing import PyTorchDeRandomizedSmoothingCertifier
+
+    net = _cropped_mask_ds()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        direct = net(x)
+        through_ablation = net.base(net.ablate(x)).view(3, 1, 32, -1)
+    torch.testing.assert_close(direct, through_ablation, rtol=1e-5, atol=1e-5)
+    art = PyTorchDeRandomizedSmoothingCertifier(
+        model=net.base, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=10, ablation_size=4,
+        algorithm="levine2020", ablation_type="column", threshold=0.3, logits=True, clip_values=(0.0, 1.0),
+        verbose=False, device_type="cpu", patch_size=5)
+    votes = (torch.softmax(direct, dim=-1)[:, 0] >= 0.3).sum(1).numpy()
+    np.testing.assert_array_equal(art.predict(x.numpy()).astype(int), votes)
+    with pytest.raises(ValueError, match="exactly one band"):
+        net.base(torch.rand(1, 6, 32, 32))  # nothing ablated: not a column ablation
+
+
 def test_ds_warm_start_reproduces_the_resnet_away_from_the_border():
     from art_patch_defenses.models import cifar_resnet
     from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD

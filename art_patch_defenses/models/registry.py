@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from art_patch_defenses.models.bagnet import ColumnBandNet, mask_ds
+from art_patch_defenses.models.bagnet import ColumnBandNet, CroppedColumnBandNet, cropped_mask_ds, mask_ds
 from art_patch_defenses.models.checkpoints import load_weights
 from art_patch_defenses.models.cifar_resnet import RESNET_DEPTHS, cifar_resnet
 from art_patch_defenses.models.mnist_cnn import MnistCNN
@@ -120,6 +120,11 @@ def cifar_mask_ds(depth: int = 20, band_width: int = 4) -> ColumnBandNet:
     return mask_ds(cifar_resnet(depth), CIFAR10_MEAN, CIFAR10_STD, band_width)
 
 
+def cifar_mask_ds_crop(depth: int = 20, band_width: int = 4) -> CroppedColumnBandNet:
+    """An untrained CIFAR-10 Mask-DS on cropped bands: the ResNet-``depth`` base sees each band alone."""
+    return cropped_mask_ds(cifar_resnet(depth), CIFAR10_MEAN, CIFAR10_STD, band_width)
+
+
 def _pretrained_resnet(depth: int) -> Callable[[], Path]:
     names = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
     return lambda: shared_dir() / "models" / "cifar10" / names[depth]
@@ -147,6 +152,10 @@ register_model("mnist_cnn", ModelSpec(
 register_model("cifar_mask_ds", ModelSpec(
     factory=cifar_mask_ds, input_shape=(3, 32, 32), nb_classes=10, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
     weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_ds.pt"},
+))
+register_model("cifar_mask_ds_crop", ModelSpec(
+    factory=cifar_mask_ds_crop, input_shape=(3, 32, 32), nb_classes=10, mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0), weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_ds_crop.pt"},
 ))
 
 

@@ -14,10 +14,11 @@ from torch import nn
 from art_patch_defenses.models import bagnet
 from art_patch_defenses.models.bagnet import LocalLogitsCNN
 from art_patch_defenses.models.checkpoints import load_weights
-from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD, cifar_mask_ds
+from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD, cifar_mask_ds, cifar_mask_ds_crop
 
-#: Backbone kinds: CIFAR-10 Mask-DS (ResNet-20 base, 4-column bands), CIFAR-10 and MNIST BagNet-style CNNs.
-BACKBONE_KINDS = ("ds", "bagnet", "mnist_bagnet")
+#: Backbone kinds: CIFAR-10 Mask-DS (ResNet-20 base, 4-column bands) on ablated images or on cropped bands,
+#: CIFAR-10 and MNIST BagNet-style CNNs.
+BACKBONE_KINDS = ("ds", "ds_crop", "bagnet", "mnist_bagnet")
 
 
 def ds_base_from(resnet: nn.Module) -> nn.Module:
@@ -29,6 +30,8 @@ def build_backbone(kind: str, band_width: int = 4, depth: int = 20) -> nn.Module
     """An untrained robust-masking backbone of ``kind`` (one of :data:`BACKBONE_KINDS`)."""
     if kind == "ds":
         return cifar_mask_ds(depth, band_width)
+    if kind == "ds_crop":
+        return cifar_mask_ds_crop(depth, band_width)
     if kind == "bagnet":
         return LocalLogitsCNN(num_classes=10)
     if kind == "mnist_bagnet":

@@ -3,6 +3,9 @@
 - ``--backbone ds``: Mask-DS. A CIFAR ResNet whose stem takes the ``(x, 1 - x)`` encoding, trained on images
   ablated to one random column band each (Levine & Feizi's training); warm-started from the fine-tuned
   ResNet (the ``x`` half of the stem copies its weights, the ``1 - x`` half starts at zero).
+- ``--backbone ds_crop``: the same bands and training on cropped bands (:class:`~art_patch_defenses.models.bagnet
+  .CroppedColumnBandNet`: the ResNet sees each band's 4 columns and its position, not a mostly-zero image; a
+  training step costs about a thirteenth), warm-started the same way (the position channel starts at zero).
 - ``--backbone bagnet``: the BagNet-style :class:`LocalLogitsCNN`, trained with masked-feature training.
 
 Run, e.g.: ``python -m art_patch_defenses.robust_masking.train --backbone ds --epochs 4``
@@ -24,7 +27,7 @@ from torch import nn
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.geometry import feature_window, window_masks
 from art_patch_defenses.models import build_model, save_checkpoint
-from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN
+from art_patch_defenses.models.bagnet import ColumnBandNet, LocalLogitsCNN, cropped_mask_ds
 from art_patch_defenses.models.checkpoints import (
     check_run_start,
     non_negative_int,
@@ -44,6 +47,16 @@ from art_patch_defenses.robust_masking.training import train_robust_masking
 IDENTITY_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
+DS_KINDS = ("ds", "ds_crop")
+
+
+def warm_start(kind: str, resnet: nn.Module, band_width: int) -> ColumnBandNet:
+    """Mask-DS of ``kind`` around a copy of a trained CIFAR ResNet (its stem extended to the band encoding)."""
+    if kind == "ds_crop":
+        return cropped_mask_ds(resnet, CIFAR10_MEAN, CIFAR10_STD, band_width)
+    return ColumnBandNet(ds_base_from(resnet), band_width)
+
+
 def random_band_loss(bands: ColumnBandNet):
     """``train_classifier`` loss: each image ablated to one random band, cross-entropy of the base's logits."""
 
@@ -58,7 +71,7 @@ def random_band_loss(bands: ColumnBandNet):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=("ds", "bagnet"), default="ds")
+    parser.add_argument("--backbone", choices=("ds", "ds_crop", "bagnet"), default="ds")
     parser.add_argument("--band-width", type=positive_int, default=4)
     parser.add_argument("--patch-size", type=positive_int, default=5, help="patch side the bagnet training targets")
     parser.add_argument("--init", default="cifar_resnet20:finetuned",
@@ -81,12 +94,12 @@ def main(argv: list[str] | None = None) -> None:
             if kind != args.backbone:
                 raise ValueError(f"{init} holds a {kind!r} backbone, not the --backbone {args.backbone!r} to train")
             load_backbone(init)
-        elif args.backbone == "ds":
+        elif args.backbone in DS_KINDS:
             model_name, _, weights = args.init.partition(":")
             if not weights:
                 raise ValueError(f"expected model:weights (e.g. cifar_resnet20:finetuned) or a .pt file, "
                                  f"got {args.init!r}")
-            ColumnBandNet(ds_base_from(build_model(model_name, weights)), args.band_width)
+            warm_start(args.backbone, build_model(model_name, weights), args.band_width)
 
     # Everything that can fail fails here, before the log (maybe the committed one) is rotated or rewritten.
     check_run_start(parser, out, init=check_init)
@@ -98,13 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     log, previous_log = open_run_log(out, command, init)
     torch.manual_seed(args.seed)
     start = time.time()
-    if args.backbone == "ds":
+    if args.backbone in DS_KINDS:
         if not continued:
             base, _, weights = args.init.partition(":")
-            backbone = ColumnBandNet(ds_base_from(build_model(base, weights)), args.band_width)
+            backbone = warm_start(args.backbone, build_model(base, weights), args.band_width)
         train_classifier(backbone, train.x, train.y, *IDENTITY_NORMALISATION, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, loss_fn=random_band_loss(backbone), log=log)
-        settings = {"backbone": "ds", "band_width": backbone.band_width, "base": base}
+        settings = {"backbone": args.backbone, "band_width": backbone.band_width, "base": base}
     else:
         backbone = backbone if continued else LocalLogitsCNN(num_classes=10)
         window = feature_window(args.patch_size, backbone.receptive_field[0], backbone.stride[0])
@@ -113,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
         settings = {"backbone": "bagnet", "trained_for_patch": args.patch_size}
     sha = save_checkpoint(backbone, out, **settings)
-    init_used = args.init if continued or args.backbone == "ds" else None  # a fresh BagNet starts from scratch
+    init_used = args.init if continued or args.backbone in DS_KINDS else None  # a fresh BagNet starts from scratch
     summary = {"checkpoint": out.name, "sha256": sha, **settings, "init": init_used, "epochs": args.epochs,
                "lr": args.lr, "train_images": len(train), "seconds": round(time.time() - start),
                "size_bytes": out.stat().st_size}
