@@ -66,7 +66,7 @@ def plot_certified_by_patch_size(by_side: dict, vanilla: float, backbone: str, p
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="ds")
+    parser.add_argument("--backbone", choices=("ds", "ds_crop", "bagnet"), default="ds")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--reference-n", type=int, default=100)
@@ -79,9 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     args.figure = args.figure or Path(__file__).resolve().parents[1] / "docs" / f"robust_masking_{args.backbone}.png"
 
-    name = {"ds": "cifar_mask_ds", "bagnet": "cifar_bagnet"}[args.backbone]
+    name = {"ds": "cifar_mask_ds", "ds_crop": "cifar_mask_ds_crop", "bagnet": "cifar_bagnet"}[args.backbone]
     path = Path(args.checkpoint) if args.checkpoint else weights_path(name, "trained")
-    feature_type = args.feature_type or ("prediction" if args.backbone == "ds" else "logits")
+    feature_type = args.feature_type or ("prediction" if args.backbone.startswith("ds") else "logits")
     estimator = get_art_model({"name": name, "weights": str(path), "patch_size": 5, "feature_type": "logits"})
     backbone = estimator.model.backbone
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
