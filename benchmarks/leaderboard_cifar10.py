@@ -121,9 +121,8 @@ def assemble(row: str) -> dict:
         if results.get("certificate_kind") == kind:
             entry[column] = {**fraction(results["certified_accuracy"], n),
                              "patch_pixels": [results["certified_patch_pixels"]] * 2}
-    detection = OUTPUTS / f"{row}_alert_is_safe" / "results.json"
-    if detection.is_file():  # the detection threat model: the same ensemble with an alert counted as safe
-        (safe,) = json.loads(detection.read_text())["scenarios"]
+    if status(f"{row}_alert_is_safe") == "complete":  # the detection threat model: an alert counted as safe
+        (safe,) = json.loads((OUTPUTS / f"{row}_alert_is_safe" / "results.json").read_text())["scenarios"]
         entry["attacked_right_or_alert"] = {
             **fraction(safe["results"]["adversarial_right_or_alert"], n),
             "config": str((CONFIGS / f"cifar10_{row}_alert_is_safe.json").relative_to(ROOT)),
@@ -135,6 +134,12 @@ def assemble(row: str) -> dict:
     if "detector_recall" in results:
         entry["detector_on_attacked"] = {key: results[f"detector_{key}"] for key in ("precision", "recall", "f1")}
     return entry
+
+
+def status(run_name: str) -> str:
+    """The evaluate run's status from its manifest ("complete" once every scenario finished)."""
+    manifest = OUTPUTS / run_name / "manifest.json"
+    return json.loads(manifest.read_text()).get("status", "unknown") if manifest.is_file() else "not started"
 
 
 def progress(row: str) -> str:
@@ -237,12 +242,10 @@ def main() -> None:
             run(row)
             if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file():
                 run(f"{row}_alert_is_safe")
-        manifest = OUTPUTS / row / "manifest.json"
-        status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else "not started"
-        if status == "complete":
+        if status(row) == "complete":
             board["rows"][row] = assemble(row)
         else:
-            print(f"{row}: run {status}; not on the board yet", flush=True)
+            print(f"{row}: run {status(row)}; not on the board yet", flush=True)
     board.update(threads=args.threads, environment=environment(),
                  pending={row: progress(row) for row in ROWS if row not in board["rows"]})
     LEADERBOARD_JSON.write_text(json.dumps(board, indent=2) + "\n")
