@@ -5,7 +5,7 @@
   ResNet (the ``x`` half of the stem copies its weights, the ``1 - x`` half starts at zero).
 - ``--backbone ds_crop``: the same bands and training on cropped bands (:class:`~art_patch_defenses.models.bagnet
   .CroppedColumnBandNet`: the ResNet sees each band's 4 columns and its position, not a mostly-zero image; a
-  training step costs about a thirteenth), warm-started the same way (the position channel starts at zero).
+  training step costs about an eleventh), warm-started the same way (the position channel starts at zero).
 - ``--backbone bagnet``: the BagNet-style :class:`LocalLogitsCNN`, trained with masked-feature training.
 
 Run, e.g.: ``python -m art_patch_defenses.robust_masking.train --backbone ds --epochs 4``
