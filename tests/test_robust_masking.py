@@ -297,3 +297,68 @@ def test_backbone_checkpoint_round_trip(tmp_path):
     save_checkpoint(net, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="names no robust-masking backbone"):
         load_backbone(tmp_path / "other.pt")
+
+
+def _band_estimator(feature_type: str):
+    """An untrained wrap-around column-band estimator (MNIST Mask-DS geometry, 2-column bands)."""
+    from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
+    from art_patch_defenses.robust_masking.registration import mnist_mask_ds
+
+    torch.manual_seed(0)
+    return PyTorchRobustMasking(mnist_mask_ds().eval(), torch.nn.CrossEntropyLoss(), (1, 32, 32), 10,
+                                patch_size=5, feature_type=feature_type, clip_values=(0.0, 1.0), device_type="cpu")
+
+
+@pytest.mark.parametrize("kind", ["bagnet", "bands"])
+def test_patch_reach_holds_every_feature_a_patch_can_change(small_estimator, kind):
+    """Rewriting a patch changes local logits only inside its reach, and the reach fits in a certified window."""
+    estimator = small_estimator if kind == "bagnet" else _band_estimator("prediction")
+    channels = estimator.input_shape[0]
+    rng = np.random.default_rng(1)
+    x = rng.random((1, channels, 32, 32), dtype=np.float32)
+    places = np.array([[0, 0], [9, 14], [27, 27], [3, 30 - 5]])
+    reach = estimator.patch_reach(places)
+    windows = estimator.windows_for(5)
+    backbone = estimator.model.backbone
+    with torch.no_grad():
+        clean = backbone(torch.from_numpy(x))
+        for (row, col), cells in zip(places, reach, strict=True):
+            patched = x.copy()
+            patched[..., row : row + 5, col : col + 5] = rng.random((channels, 5, 5))
+            changed = (backbone(torch.from_numpy(patched)) - clean).abs().amax(-1)[0].numpy() > 0
+            assert changed.any() and not np.any(changed & ~cells)
+            assert np.any(np.all(windows >= cells, axis=(1, 2))), "the reach must lie in one masking window"
+
+
+def test_weakest_placements_slack_is_the_bound_worked_out_by_hand():
+    """Slack per (place, class) = vote margin outside the patch's reach - the reached votes, minimised by hand."""
+    estimator = _band_estimator("prediction")
+    x = np.random.default_rng(2).random((3, 1, 32, 32), dtype=np.float32)
+    y = np.array([1, 4, 7])
+    locations, targets, slack = estimator.weakest_placements(x, y, count=3, seed=0)
+    votes = estimator.local_features(x)[:, 0]  # (N, bands, C), one-hot
+    places = [(r, c) for r in range(28) for c in range(28)]
+    for i in range(3):
+        best = np.inf
+        for place in places:
+            reached = estimator.patch_reach(np.array([place]))[0, 0]
+            outside = votes[i, ~reached].sum(0)
+            for k in range(10):
+                if k != y[i]:
+                    best = min(best, outside[y[i]] - outside[k] - reached.sum())
+        assert slack[i, 0] == best and np.all(np.diff(slack[i]) >= 0) and not np.any(targets[i] == y[i])
+        for (row, col), k, value in zip(locations[i], targets[i], slack[i], strict=True):
+            reached = estimator.patch_reach(np.array([[row, col]]))[0, 0]
+            outside = votes[i, ~reached].sum(0)
+            assert outside[y[i]] - outside[k] - reached.sum() == value
+    again = estimator.weakest_placements(x, y, count=3, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (locations, targets, slack), strict=True))
+    raw = _band_estimator("logits").weakest_placements(x, y)[2]
+    assert np.all(raw == -np.inf)  # raw logits are unbounded: any place may do
+
+
+def test_base_surrogate_follows_the_unmasked_vote(small_estimator):
+    x = np.random.default_rng(3).random((5, 3, 32, 32), dtype=np.float32)
+    surrogate = small_estimator.base_surrogate()
+    np.testing.assert_allclose(surrogate.predict(x), small_estimator.predict_base(x), rtol=1e-5, atol=1e-4)
+    assert surrogate.loss_gradient(x, np.eye(10)[np.zeros(5, dtype=int)]).shape == x.shape

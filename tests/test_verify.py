@@ -144,3 +144,18 @@ def test_cli_verify_writes_its_report(tmp_path, capsys):
     only_undefended = tmp_path / "plain.json"
     only_undefended.write_text(json.dumps(json.loads(DEFAULT_SCENARIO.read_text())["scenarios"][0]))
     assert main(["verify", str(only_undefended), "--n", "10", "--quiet", "--output-dir", str(tmp_path / "o2")]) == 2
+
+
+def test_robust_masking_base_attack_fools_the_unmasked_vote_where_it_can(mnist_test):
+    """The second attack aims at robust masking's undefended part where a patch can fool it: it does, and the
+    certified outputs hold; the totals count both attacks."""
+    from art_patch_defenses.robust_masking import get_art_model
+
+    estimator = get_art_model({"name": "mnist_bagnet", "weights": "embedded", "patch_size": 5})
+    report = verify_certificates(estimator, mnist_test.x[::5], mnist_test.y[::5], n_certified=4, placements=2,
+                                 max_iter=30, eps_step=0.05, verbose=False)
+    base = report["base_attack"]
+    assert base["certified_checked"] == report["certified_available"] >= 1
+    assert base["fooled_base"] > 0 and base["violations"] == 0, report
+    assert report["attacked"] == report["samples"] * 2 + base["attacked"]
+    assert report["fooled_base"] >= base["fooled_base"] and report["conclusive"]

@@ -8,6 +8,12 @@ certifier's ``attack_surrogate()``, and counts the attacked samples whose defend
 the undefended part (``predict_base``): when it is 0 the check could not have failed, and the report says
 ``"conclusive": false``.
 
+A certifier that can say where its undefended part is weakest (``weakest_placements`` and ``base_surrogate``, as
+robust masking does) gets a second attack aimed at that part: on the certified samples of the slice where some
+patch could fool it at all, a targeted patch at those places, towards that class, against ``base_surrogate()``.
+Its patches are judged like the first attack's (``base_attack`` in the report; the totals count both), so a
+certificate whose undefended part is itself hard to fool is still checked where fooling it is possible.
+
 It speaks to the certifier protocol only (:mod:`art_patch_defenses.certification`); what differs is the threat
 model of the certificate kind:
 
@@ -45,6 +51,10 @@ from art_patch_defenses.geometry import all_locations, expand_masks, patch_masks
 from art_patch_defenses.validation import check_labels
 
 logger = logging.getLogger(__name__)
+
+#: places per sample of the attack on the undefended part, and its random starts' seed offset
+BASE_ATTACK_PLACES = 4
+BASE_ATTACK_SEED_OFFSET = 1_000_003
 
 
 def require_certifier(estimator) -> CertifierMixin:
@@ -169,20 +179,69 @@ class _VerifyTask:
                              images)
         x_adv = masked_pgd(surrogate, images, masks, labels, eps=1.0, eps_step=self.eps_step, max_iter=self.max_iter,
                            num_random_init=1, batch_size=len(chosen), verbose=False, seed=self.seed + start)
+        return self.judge(x_adv, labels)
+
+    def judge(self, x_adv: np.ndarray, labels: np.ndarray) -> dict[str, int]:
         defended = self.certifier.predict_labels(x_adv)
-        return {"fooled_base": int(np.sum(self.certifier.predict_base(x_adv).argmax(1) != labels)),
+        return {"attacked": len(labels),
+                "fooled_base": int(np.sum(self.certifier.predict_base(x_adv).argmax(1) != labels)),
                 "abstained": int(np.sum(defended == ABSTAIN)),
                 "violations": int(np.sum(self.certifier.violates(defended, labels)))}
 
-    def patch_counts(self, certified: np.ndarray, picks: np.ndarray, counts: dict[str, int], surrogate) -> dict:
-        return {"certified_available": int(certified.sum()), "samples": int(len(picks)),
-                "placements_per_sample": self.placements, "attacked": int(len(picks) * self.placements),
-                "fooled_base": counts.get("fooled_base", 0), "abstained": counts.get("abstained", 0),
-                "violations": counts.get("violations", 0),
-                "attack": {"name": f"masked PGD against {type(surrogate).__name__} (attack_surrogate), judged by "
-                                   "the certifier's predict", "norm": "inf", "eps": 1.0, "eps_step": self.eps_step,
-                           "max_iter": self.max_iter, "num_random_init": 1,
-                           "random_start_seed": f"{self.seed} + batch offset"}}
+    def base_attack_plan(self, certified: np.ndarray) -> dict[str, Any] | None:
+        """The (sample, place, class) triples of the attack on the undefended part: of every certified sample
+        whose slack allows fooling it somewhere (up to ``n_certified`` of them, spread), its weakest places (up to
+        ``placements``) where the slack allows it (None: the certifier cannot say)."""
+        if not hasattr(self.certifier, "weakest_placements"):
+            return None
+        checked = np.flatnonzero(certified)
+        if len(checked) == 0:
+            return {"checked": 0, "foolable": 0, "index": np.zeros(0, int), "locations": np.zeros((0, 2), int),
+                    "targets": np.zeros(0, int)}
+        locations, targets, slack = self.certifier.weakest_placements(
+            self.x[checked], self.y[checked], count=min(self.placements, BASE_ATTACK_PLACES), seed=self.seed)
+        keep = slack <= 0
+        foolable = np.flatnonzero(keep.any(axis=1))
+        keep[np.setdiff1d(foolable, _spread(foolable, self.n_certified))] = False  # at most n_certified samples
+        return {"checked": int(len(checked)), "foolable": int(len(foolable)),
+                "index": np.repeat(checked, keep.shape[1])[keep.ravel()], "locations": locations[keep],
+                "targets": targets[keep]}
+
+    def base_attack_batch(self, plan: dict[str, Any], start: int, surrogate) -> dict[str, int]:
+        """Targeted masked PGD on the undefended part for the plan's triples ``start .. start + batch_size``."""
+        index = plan["index"][start : start + self.batch_size]
+        images, labels = self.x[index], self.y[index]
+        masks = expand_masks(patch_masks(tuple(self.x.shape[2:]), self.shape,
+                                         plan["locations"][start : start + self.batch_size]), images)
+        x_adv = masked_pgd(surrogate, images, masks, plan["targets"][start : start + self.batch_size], eps=1.0,
+                           eps_step=self.eps_step, max_iter=self.max_iter, num_random_init=1, targeted=True,
+                           batch_size=len(index), verbose=False, seed=self.seed + BASE_ATTACK_SEED_OFFSET + start)
+        return self.judge(x_adv, labels)
+
+    def patch_counts(self, certified: np.ndarray, picks: np.ndarray, counts: dict[str, int], surrogate,
+                     plan: dict[str, Any] | None = None, base: dict[str, int] | None = None) -> dict:
+        report = {"certified_available": int(certified.sum()), "samples": int(len(picks)),
+                  "placements_per_sample": self.placements, "attacked": int(len(picks) * self.placements),
+                  "fooled_base": counts.get("fooled_base", 0), "abstained": counts.get("abstained", 0),
+                  "violations": counts.get("violations", 0),
+                  "attack": {"name": f"masked PGD against {type(surrogate).__name__} (attack_surrogate), judged by "
+                                     "the certifier's predict", "norm": "inf", "eps": 1.0, "eps_step": self.eps_step,
+                             "max_iter": self.max_iter, "num_random_init": 1,
+                             "random_start_seed": f"{self.seed} + batch offset"}}
+        if plan is None:
+            return report
+        base = {name: (base or {}).get(name, 0) for name in ("attacked", "fooled_base", "abstained", "violations")}
+        for name, value in base.items():
+            report[name] += value
+        report["base_attack"] = {
+            "what": "targeted masked PGD against base_surrogate() at the certifier's weakest_placements (up to "
+                    f"{BASE_ATTACK_PLACES} per sample, where the slack allows fooling the undefended part), towards "
+                    "their classes, on the certified samples of the slice where it can be fooled (up to n_certified, "
+                    "spread); judged by predict like the first attack and counted in the totals",
+            "certified_checked": plan["checked"], "foolable_in_principle": plan["foolable"], **base,
+            "norm": "inf", "eps": 1.0, "eps_step": self.eps_step, "max_iter": self.max_iter,
+            "random_start_seed": f"{self.seed} + {BASE_ATTACK_SEED_OFFSET} + batch offset"}
+        return report
 
     def region_l2_image(self, i: int) -> dict[str, int]:
         """Certify image ``i`` with each placement's patch region as its region, attack inside 0.99 x the radius
@@ -244,7 +303,12 @@ def _verify_patch_certificate(task: _VerifyTask, result: CertificationResult | N
     counts: dict[str, int] = {}
     for start in tqdm(range(0, len(picks), task.per_batch), desc="verify", disable=not task.verbose):
         counts = merge_counts([counts, task.attack_batch(picks[start : start + task.per_batch], start, surrogate)])
-    return task.patch_counts(certified, picks, counts, surrogate)
+    plan, base = task.base_attack_plan(certified), {}
+    if plan is not None and len(plan["index"]):
+        base_surrogate = task.certifier.base_surrogate()
+        base = merge_counts([task.base_attack_batch(plan, start, base_surrogate)
+                             for start in range(0, len(plan["index"]), task.batch_size)])
+    return task.patch_counts(certified, picks, counts, surrogate, plan, base)
 
 
 def _verify_sharded(task: _VerifyTask, store: ChunkStore, shards: ShardOptions,
@@ -280,7 +344,13 @@ def _verify_sharded(task: _VerifyTask, store: ChunkStore, shards: ShardOptions,
     starts = list(range(0, len(picks), task.per_batch))
     payloads, _ = sharded_map(context, store, "attack", len(starts), lambda unit: task.attack_batch(
         picks[starts[unit] : starts[unit] + task.per_batch], starts[unit], surrogate))
-    return task.patch_counts(certified, picks, merge_counts(payloads), surrogate)
+    plan, base = task.base_attack_plan(certified), {}
+    if plan is not None and len(plan["index"]):
+        base_surrogate, base_starts = certifier.base_surrogate(), list(range(0, len(plan["index"]), task.batch_size))
+        base_payloads, _ = sharded_map(context, store, "base-attack", len(base_starts),
+                                       lambda unit: task.base_attack_batch(plan, base_starts[unit], base_surrogate))
+        base = merge_counts(base_payloads)
+    return task.patch_counts(certified, picks, merge_counts(payloads), surrogate, plan, base)
 
 
 def verify_suite(source, output_dir=None, n: int | None = None, verbose: bool = True, *,

@@ -15,8 +15,8 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 from tqdm.auto import tqdm
 
-from art_patch_defenses.certification import RECOVERY, CertificationResult, CertifierMixin
-from art_patch_defenses.geometry import feature_window, window_masks
+from art_patch_defenses.certification import RECOVERY, CertificationResult, CertifierMixin, base_classifier
+from art_patch_defenses.geometry import all_locations, feature_window, window_masks
 from art_patch_defenses.robust_masking.masking import (
     FEATURE_TYPES,
     certify,
@@ -24,6 +24,7 @@ from art_patch_defenses.robust_masking.masking import (
     masked_evidence,
     robust_predict,
 )
+from art_patch_defenses.validation import check_labels
 
 
 class RobustMaskingHead(nn.Module):
@@ -44,6 +45,20 @@ class RobustMaskingHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return masked_evidence(self.features(x), self.windows, self.threshold, *self.feature_clip)
+
+
+class UnmaskedSum(nn.Module):
+    """The unmasked vote made differentiable, for attacks on the undefended part: the local logits summed over
+    every location (``raw_logits``), or their log-softmax summed, which pushes every location the patch reaches
+    towards one class (what flips one-hot votes and softmax confidences)."""
+
+    def __init__(self, backbone: nn.Module, raw_logits: bool) -> None:
+        super().__init__()
+        self.backbone, self.raw_logits = backbone, raw_logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.backbone(x)
+        return (logits if self.raw_logits else torch.log_softmax(logits, dim=-1)).sum(dim=(1, 2))
 
 
 class RobustMaskingMixin(CertifierMixin):
@@ -171,3 +186,58 @@ class PyTorchRobustMasking(RobustMaskingMixin, PyTorchClassifier):
                 batch = torch.as_tensor(batch, device=self.device)
                 out.append(self.model.features(batch).double().cpu().numpy())
         return np.concatenate(out)
+
+    def base_surrogate(self) -> PyTorchClassifier:
+        """A differentiable ART classifier that follows the unmasked vote (:meth:`predict_base`), for attacking the
+        undefended part (:class:`UnmaskedSum`)."""
+        return base_classifier(self, UnmaskedSum(self.model.backbone, self.feature_type == "logits"))
+
+    def patch_reach(self, locations: np.ndarray) -> np.ndarray:
+        """Cell masks ``(P, X, Y)`` of the local features whose receptive field overlaps a ``patch_size`` patch
+        at each top-left pixel of ``locations`` ``(P, 2)`` (feature ``b`` sees pixels ``b * stride ..
+        b * stride + receptive_field - 1`` of an axis, around the edge where the backbone wraps)."""
+        backbone, locations = self._backbone_geometry, np.asarray(locations).reshape(-1, 2)
+        input_hw = tuple(self.input_shape[-2:])
+        per_axis = []
+        for axis, (length, cells) in enumerate(zip(input_hw, backbone.feature_map_size(input_hw), strict=True)):
+            seen = np.arange(cells)[:, None] * backbone.stride[axis] + np.arange(backbone.receptive_field[axis])
+            seen = seen % length if backbone.wrap[axis] else np.minimum(seen, length - 1)
+            covers = np.zeros((cells, length), dtype=bool)
+            covers[np.arange(cells)[:, None], seen] = True
+            pixels = np.arange(length)
+            patch = (pixels >= locations[:, axis, None]) & (pixels < locations[:, axis, None] + self.patch_size)
+            per_axis.append((patch[:, None, :] & covers[None]).any(axis=2))  # (P, cells)
+        return per_axis[0][:, :, None] & per_axis[1][:, None, :]
+
+    def weakest_placements(self, x: np.ndarray, y: np.ndarray, count: int = 1, seed: int = 0,
+                           batch_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where a ``patch_size`` patch has the best chance to fool the unmasked vote (:meth:`predict_base`): per
+        sample the ``count`` (placement, class) pairs whose margin left outside the patch's reach is smallest.
+
+        ``slack`` is that margin (true class minus the other class, summed over the locations the patch does not
+        reach) less the most the reached locations can move it: one vote (or confidence) each, for ``"prediction"``
+        and ``"confidence"`` features. ``slack > 0``: no patch at that place can make the vote prefer that class;
+        ``slack <= 0``: only if every reached location goes over to it (0 is a tie). Raw logits are unbounded
+        (slack ``-inf``; ranked by the margin). Ties are broken at random with ``seed``.
+
+        :return: top-left ``locations (N, count, 2)``, ``targets (N, count)`` and ``slack (N, count)``.
+        """
+        x = self.check_inputs(x)
+        y = check_labels(y, len(x), self.nb_classes)
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"count must be a positive integer, got {count!r}")
+        places = all_locations(tuple(self.input_shape[-2:]), (self.patch_size, self.patch_size))
+        reach = self.patch_reach(places).reshape(len(places), -1).astype(np.float64)  # (P, cells)
+        features = self.local_features(x, batch_size)
+        features = features.reshape(len(x), -1, features.shape[-1])  # (N, cells, C)
+        outside = features.sum(axis=1)[:, None, :] - np.einsum("pl,nlc->npc", reach, features)  # (N, P, C)
+        margin = np.take_along_axis(outside, y[:, None, None], axis=2) - outside
+        bounded = self.feature_type != "logits"
+        score = margin - reach.sum(axis=1)[None, :, None] if bounded else margin
+        score[np.arange(len(x)), :, y] = np.inf  # the true class is not a target
+        flat = score.reshape(len(x), -1)
+        ties = np.random.default_rng(seed).random(flat.shape)
+        order = np.stack([np.lexsort((ties[i], flat[i]))[:count] for i in range(len(x))])
+        best = np.take_along_axis(flat, order, axis=1)
+        slack = best if bounded else np.full(best.shape, -np.inf)
+        return places[order // self.nb_classes], order % self.nb_classes, slack
