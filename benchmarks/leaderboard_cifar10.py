@@ -51,7 +51,8 @@ LEADERBOARD_JSON = RESULTS_DIR / "leaderboard_cifar10.json"
 DOCS = ROOT / "docs"
 ROWS = {
     "undefended": "undefended ResNet-20", "fnc": "FNC", "patchzero": "PatchZero",
-    "robust_masking": "robust masking (Mask-DS)", "art_derandomized_smoothing": "ART PyTorchDeRandomizedSmoothing",
+    "robust_masking": "robust masking (cropped-band Mask-DS)",
+    "art_derandomized_smoothing": "ART PyTorchDeRandomizedSmoothing (cropped-band Mask-DS)",
     "mrs": "MRS", "scalecert": "ScaleCert", "patchcleanser": "PatchCleanser",
 }
 EMPIRICAL = ("undefended", "fnc", "patchzero")
