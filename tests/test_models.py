@@ -459,6 +459,8 @@ def test_an_unwritable_out_stops_a_training_command_before_it_starts(tmp_path, c
     ("art_patch_defenses.scalecert.train", ["--tau", "1"], "argument --tau: must be in [0, 1), got 1.0"),
     ("art_patch_defenses.scalecert.train", ["--superficial-layer", "nope"],
      "--superficial-layer: superficial_layer 'nope' is not a module of the model"),
+    ("art_patch_defenses.scalecert.train", ["--worst-of", "0"], "argument --worst-of: must be a positive integer"),
+    ("art_patch_defenses.scalecert.train", ["--holdout", "-1"], "argument --holdout: must be a non-negative integer"),
     ("art_patch_defenses.mrs.train", ["--width-min", "11"], "--width-min 11 exceeds --width-max 10"),
     ("art_patch_defenses.mrs.train", ["--lr", "-0.1"], "argument --lr: must be a positive number, got '-0.1'"),
     ("art_patch_defenses.mrs.train", ["--seed", "x"], "argument --seed: must be a non-negative integer, got 'x'"),

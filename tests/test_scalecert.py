@@ -85,6 +85,29 @@ def test_sin_keeps_the_top_k_breaks_ties_by_position_and_never_keeps_excluded_fe
         SuperficialImportantNeurons(1.5)
 
 
+def test_worst_window_loss_trains_each_image_on_its_highest_loss_window():
+    from art_patch_defenses.scalecert.sin import ScaleCertNet
+    from art_patch_defenses.scalecert.training import worst_window_loss
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    net = ScaleCertNet(model, "0", 0.5, (1, 6, 6))
+    windows = torch.zeros(3, 6, 6, dtype=torch.bool)  # three windows: left, middle and right columns
+    for w in range(3):
+        windows[w, :, 2 * w : 2 * w + 2] = True
+    x, y = torch.rand(5, 1, 6, 6), torch.tensor([0, 1, 2, 3, 0])
+    loss_fn = worst_window_loss(net, windows, [0.5], candidates=24, occlude_probability=1.0,
+                                generator=torch.Generator().manual_seed(0))
+    loss, logits = loss_fn(net, x, y)
+    with torch.no_grad():  # 24 draws per image reach all three windows (fixed generator): the worst is global
+        per_window = torch.stack([nn.functional.cross_entropy(net(x, windows[w].expand(5, 6, 6)), y,
+                                                              reduction="none") for w in range(3)])
+        worst = per_window.argmax(0)
+        expected = net(x, windows[worst])
+    assert len(set(worst.tolist())) > 1  # the images disagree on their worst window, so the pick is per image
+    assert torch.allclose(logits, expected) and torch.isclose(loss, per_window.max(0).values.mean())
+
+
 @pytest.mark.parametrize("tau,expected", [(0.0, 7), (0.3, 4), (0.5, 3), (0.6, 2), (0.9, 1)])
 def test_merge_group_from_the_overlap_threshold(tau, expected):
     assert merge_group((7, 7), tau) == expected

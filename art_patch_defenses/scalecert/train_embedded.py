@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from art_patch_defenses.data import ImageDataset
@@ -47,6 +45,7 @@ from art_patch_defenses.models.training import train_classifier
 from art_patch_defenses.scalecert.estimator import PyTorchScaleCert
 from art_patch_defenses.scalecert.registration import MNIST_MODEL, MNIST_MODEL_CHECKPOINT
 from art_patch_defenses.scalecert.sin import ScaleCertNet
+from art_patch_defenses.scalecert.training import worst_window_loss
 from art_patch_defenses.scalecert.windows import occlusion_windows
 
 #: The committed recipe and the certifier settings it is trained for (chosen on the 500-digit training holdout).
@@ -58,33 +57,6 @@ SCALECERT_MNIST_R = 3
 SCALECERT_MNIST_TAU = 0.6
 SCALECERT_MNIST_WORST_OF = 8
 INIT = ("mnist_cnn", "embedded")
-
-
-def worst_window_loss(net: ScaleCertNet, windows_features: torch.Tensor, top_k_choices: Sequence[float],
-                      candidates: int, occlude_probability: float, generator: torch.Generator
-                      ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """A ``train_classifier`` ``loss_fn``: per image, ``candidates`` random windows (their superficial features
-    ``windows_features`` ``(W, h, w)`` excluded) are scored without a gradient and the highest-loss one is
-    trained on, with ``occlude_probability``; the top-k rate is drawn from ``top_k_choices`` per batch."""
-
-    def loss_fn(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(batch)
-        net.sin.top_k = float(top_k_choices[torch.randint(len(top_k_choices), (1,), generator=generator)])
-        picks = torch.randint(len(windows_features), (candidates, n), generator=generator)
-        if candidates > 1:
-            net.eval()
-            with torch.no_grad():
-                losses = torch.stack([F.cross_entropy(net(batch, windows_features[pick]), labels, reduction="none")
-                                      for pick in picks])
-            net.train()
-            worst = picks[losses.argmax(0), torch.arange(n)]
-        else:
-            worst = picks[0]
-        excluded = windows_features[worst] & (torch.rand(n, generator=generator) < occlude_probability)[:, None, None]
-        logits = net(batch, excluded)
-        return F.cross_entropy(logits, labels), logits
-
-    return loss_fn
 
 
 def main(argv: list[str] | None = None) -> None:
