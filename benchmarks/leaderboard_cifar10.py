@@ -97,7 +97,8 @@ def assemble(row: str) -> dict:
         "title": ROWS[row],
         "config": str((CONFIGS / f"cifar10_{row}.json").relative_to(ROOT)),
         "command": " ".join(command(row)),
-        "model": config["model"], "defense": config.get("defense"), "weights": weights_record(config),
+        "model": config["model"], "defense": config.get("defense"),
+        "weights": weights_record(config, results["weights_sha256"]),
         "attacked_images": n,
         "images_per_class": labels,
         "class_balanced": max(labels.values()) - min(labels.values()) <= 1,
@@ -149,8 +150,9 @@ def progress(row: str) -> str:
     return f"{len(chunks)} of 10 chunks finished" if chunks else "not started"
 
 
-def weights_record(config: dict) -> dict:
-    """The files behind a row and their sha256: the model's registered weights and a defence's checkpoint."""
+def weights_record(config: dict, evaluated: str) -> dict:
+    """The files behind a row and their sha256 (the model's registered weights and a defence's checkpoint), and
+    ``evaluated``: the fingerprint of the weights the run evaluated (``weights_sha256`` in its results)."""
     import importlib
 
     from art_patch_defenses.models import sha256_of
@@ -160,11 +162,28 @@ def weights_record(config: dict) -> dict:
     importlib.import_module(config["model"]["module"])  # a defence registers its weights tags on import
     model = config["model"]["model_kwargs"]
     path = weights_path(model["name"], model["weights"])
-    record = {"model": model["name"], "weights": path.name, "sha256": sha256_of(path)}
+    record = {"model": model["name"], "weights": path.name, "sha256": sha256_of(path), "evaluated_sha256": evaluated}
     defense_file = (config.get("defense") or {}).get("kwargs", {}).get("path")
     if defense_file:
         record.update(defense_checkpoint=defense_file, defense_sha256=sha256_of(checkpoints_dir() / defense_file))
     return record
+
+
+def stale_weights(row: str) -> str | None:
+    """Why the row's runs (and its detection-threat-model run) cannot be assembled with the weights on disk now:
+    each run records the fingerprint of the weights it evaluated (``weights_sha256``), compared here with the
+    fingerprint of the estimator its config builds today."""
+    from art_patch_defenses.evaluation.runner import build_estimator, weights_sha256
+
+    for run_name in (row, f"{row}_alert_is_safe"):
+        if status(run_name) != "complete":
+            continue
+        (record,) = json.loads((OUTPUTS / run_name / "results.json").read_text())["scenarios"]
+        ran = record["results"].get("weights_sha256")
+        now = weights_sha256(build_estimator(record["config"]))
+        if ran != now:
+            return f"run {run_name} evaluated weights {str(ran)[:12]}, the config builds {now[:12]} now: rerun it"
+    return None
 
 
 def class_counts(config: dict) -> dict[str, int]:
@@ -263,7 +282,12 @@ def main() -> None:
             if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file():
                 run(f"{row}_alert_is_safe")
         if status(row) == "complete":
-            board["rows"][row] = assemble(row)
+            problem = stale_weights(row)
+            if problem:
+                board["rows"].pop(row, None)
+                print(f"{row}: {problem}; not on the board", flush=True)
+            else:
+                board["rows"][row] = assemble(row)
         else:
             print(f"{row}: run {status(row)}; not on the board yet", flush=True)
     board.update(threads=args.threads, environment=environment(),

@@ -26,7 +26,9 @@ from art_patch_defenses.evaluation.distributed import (
     shard_indices,
 )
 from art_patch_defenses.evaluation.results import OutputDirError, read_manifest
+from art_patch_defenses.evaluation.runner import build_estimator, weights_sha256
 from art_patch_defenses.evaluation.verify import verify_suite
+from art_patch_defenses.models import build_model, save_checkpoint
 
 PYTHON = sys.executable
 MODEL = {"module": "art_patch_defenses.models", "name": "get_art_model",
@@ -184,6 +186,28 @@ def test_resume_refuses_another_config(tmp_path, suite_file, single_process):
         run_suite(other, single_process, verbose=False, resume=True)
     with pytest.raises(OutputDirError, match="--resume"):
         run_suite(suite_file, single_process, verbose=False, sharded=True)
+
+
+def test_resume_refuses_chunks_of_other_weights(tmp_path, one_thread):
+    """The weights are in a sharded run's key: a config that names the same file, rewritten with other weights,
+    does not resume the old chunks."""
+    model = build_model("mnist_cnn", "embedded")
+    weights = tmp_path / "cnn.pt"
+    save_checkpoint(model, weights)
+    scenario = json.loads(json.dumps(SUITE["scenarios"][0]))
+    scenario["model"]["model_kwargs"]["weights"] = str(weights)
+    scenario["dataset"]["n"] = 10
+    suite = {"scenarios": [scenario]}
+    out = tmp_path / "out"
+    run_suite(suite, out, verbose=False, sharded=True)
+    (record,) = json.loads((out / "results.json").read_text())["scenarios"]
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    save_checkpoint(model, weights)
+    changed = weights_sha256(build_estimator(scenario))
+    assert record["results"]["weights_sha256"] != changed
+    with pytest.raises(ShardMismatchError, match="weights"):
+        run_suite(suite, out, verbose=False, resume=True)
 
 
 # --- (b) two gloo ranks equal one process -----------------------------------------------------------------------

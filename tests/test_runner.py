@@ -81,6 +81,35 @@ def test_universal_patch_scenario(tmp_path):
     assert record["results"]["patch_trained_on"].startswith("40 mnist_embedded train")
 
 
+def test_weights_fingerprint_covers_the_model_and_its_defences():
+    """``weights_sha256`` (in every result and a sharded run's key) changes with the model's weights and with the
+    weights a preprocessing defence holds (e.g. PatchZero's detector), not with a rebuild of the same weights."""
+    import torch
+    from art.defences.preprocessor import Preprocessor
+
+    class HoldsALayer(Preprocessor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+        def __call__(self, x, y=None):
+            return x, y
+
+    estimator = runner.build_estimator(TINY)
+    plain = runner.weights_sha256(estimator)
+    assert plain == runner.weights_sha256(runner.build_estimator(TINY)) and len(plain) == 64
+    defence = HoldsALayer()
+    estimator.set_params(preprocessing_defences=[defence])
+    with_defence = runner.weights_sha256(estimator)
+    with torch.no_grad():
+        defence.layer.bias.add_(1.0)
+    changed_defence = runner.weights_sha256(estimator)
+    assert len({plain, with_defence, changed_defence}) == 3
+    with torch.no_grad():
+        next(estimator.model.parameters()).add_(1.0)
+    assert runner.weights_sha256(estimator) != changed_defence
+
+
 # The bad-config matrix is in test_config_validation.py.
 
 

@@ -291,9 +291,9 @@ class ChunkStore:
         except (OSError, ValueError, AttributeError):
             found = None
         if found != self.sha256:
-            return (f"{self.directory} holds the chunks of another run (config, seed, chunking or version differ: "
-                    f"key {str(found)[:12]} there, {self.sha256[:12]} now); pass --overwrite to discard them or "
-                    "choose another --output-dir")
+            return (f"{self.directory} holds the chunks of another run (config, seed, chunking, weights or version "
+                    f"differ: key {str(found)[:12]} there, {self.sha256[:12]} now); pass --overwrite to discard them "
+                    "or choose another --output-dir")
         if not self.resume:
             return (f"{self.directory} holds finished chunks of this run; pass --resume to continue it or "
                     "--overwrite to start again")

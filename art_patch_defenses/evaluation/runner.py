@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 from tqdm.auto import tqdm
 
 from art_patch_defenses import __version__
@@ -56,6 +57,7 @@ from art_patch_defenses.geometry import (
     patch_masks,
     random_locations,
 )
+from art_patch_defenses.models.checkpoints import modules_sha256
 
 DEFAULT_SCENARIO = Path(__file__).with_name("default_scenario.json")
 N_EXAMPLES = 6
@@ -97,6 +99,20 @@ def build_estimator(config: dict, cache: dict | None = None):
     if cache is not None:
         cache[key] = estimator
     return estimator
+
+
+def weights_sha256(estimator) -> str | None:
+    """A fingerprint of the weights ``estimator`` predicts with: the sha256 of the torch modules it holds and those
+    its pre- and postprocessing defences hold (e.g. PatchZero's detector); None when it holds none. It goes into a
+    sharded run's key, so a resumed run refuses chunks computed with other weights, and into every result."""
+    holders = [estimator, *(estimator.preprocessing_defences or []), *(estimator.postprocessing_defences or [])]
+    modules, seen = [], set()
+    for holder in holders:
+        for _, value in sorted(vars(holder).items()):
+            if isinstance(value, nn.Module) and id(value) not in seen:
+                seen.add(id(value))
+                modules.append(value)
+    return modules_sha256(modules) if modules else None
 
 
 def _targets(attack: dict, y: np.ndarray) -> np.ndarray | None:
@@ -272,6 +288,7 @@ def summarise(config: dict, estimator, samples: dict[str, np.ndarray], facts: di
         "abstain_rate_benign": float(np.mean(benign == -1)),
         "abstain_rate_adversarial": float(np.mean(adversarial == -1)),
         "num_samples": int(n),
+        "weights_sha256": weights_sha256(estimator),
         "seconds": round(seconds, 2),
         **facts,
     }
@@ -360,7 +377,7 @@ def run_scenario_sharded(config: dict, store_dir: str | Path, context: DistConte
     seed = int(attack.get("seed", 0))
     certifier_seed = int(getattr(estimator, "seed", 0) or 0) if isinstance(estimator, CertifierMixin) else 0
     key = {"kind": "evaluate", "config": config, "images": len(data), "images_per_class": images_per_class,
-           "art_patch_defenses_version": __version__}
+           "art_patch_defenses_version": __version__, "weights_sha256": weights_sha256(estimator)}
     store = ChunkStore(store_dir, key, resume=resume, context=context)
     state: dict = {}
 

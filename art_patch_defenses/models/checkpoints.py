@@ -45,6 +45,17 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def modules_sha256(modules: list[nn.Module]) -> str:
+    """The hex sha256 of the parameters and buffers of ``modules`` (names, dtypes, shapes and bytes, in order):
+    a fingerprint of the weights a model predicts with, whatever file they came from."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def normalise_sha256(sha256: str) -> str:
     """A sha256 given by a user, lower-cased and stripped; anything but 64 hex digits is a ``ValueError``."""
     text = str(sha256).strip().lower()
