@@ -491,6 +491,24 @@ def test_training_arguments_out_of_range_stop_the_command_before_it_starts(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path, capsys, committed_checkpoints_untouched):
+    from types import SimpleNamespace
+
+    from art_patch_defenses.models.train_embedded import holdout_split
+
+    labels = np.repeat(np.arange(10), 3)
+    fit, held_out = holdout_split(SimpleNamespace(y=labels), 10)
+    assert np.bincount(labels[held_out]).tolist() == [1] * 10 and sorted([*fit, *held_out]) == list(range(30))
+    with pytest.raises(ValueError, match="--holdout must leave training images: got 30 of the 30"):
+        holdout_split(SimpleNamespace(y=labels), 30)
+    if not (SHARED / "data" / "cifar10").is_dir():
+        pytest.skip("the CIFAR-10 command needs ../shared")
+    status, err = run_command("art_patch_defenses.scalecert.train",
+                              ["--holdout", "50000", "--out", str(tmp_path / "model.pt")], capsys)
+    assert status == 2 and "error: --holdout must leave training images: got 50000 of the 50000" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_reported_command_leaves_the_committed_log_alone(tmp_path):
     """``python -m art_patch_defenses.patchcleanser.train --init bad.pt`` once renamed the committed training log
     before failing; run as typed, against a copy of checkpoints/ (and the real one is compared too)."""

@@ -109,7 +109,10 @@ def run_embedded_training(name: str, module: str, argv: Sequence[str], train_fn:
 
 
 def holdout_split(train: ImageDataset, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(fit, held_out)`` of the training digits: ``holdout`` class-balanced digits (seed 0) left out."""
+    """Indices ``(fit, held_out)`` of the training images: ``holdout`` class-balanced images (seed 0) left out.
+    A holdout that leaves no image to train on is a ``ValueError`` naming ``--holdout``."""
+    if not 0 <= holdout < len(train.y):
+        raise ValueError(f"--holdout must leave training images: got {holdout} of the {len(train.y)} there are")
     held_out = balanced_subset(train.y, holdout, seed=0) if holdout else np.zeros(0, dtype=np.int64)
     return np.setdiff1d(np.arange(len(train.y)), held_out), held_out
 

@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
                     superficial_layer=lambda: ScaleCertNet(build_model(name), args.superficial_layer, args.top_k[0],
                                                            (3, 32, 32)).remove())
     train = load_dataset("cifar10", "train")
+    try:
+        fit, held_out = holdout_split(train, args.holdout)
+    except ValueError as error:
+        parser.error(str(error))
     command = "python -m art_patch_defenses.scalecert.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log, previous_log = open_run_log(out, command, Path(args.init) if args.init.endswith(".pt") else None)
     torch.manual_seed(args.seed)
@@ -96,7 +100,6 @@ def main(argv: list[str] | None = None) -> None:
                 "r": args.r, "tau": args.tau, "occlude_probability": args.occlude_probability}
     if args.worst_of > 1 or args.holdout:  # recorded only where used: older records keep their settings
         settings |= {"worst_of": args.worst_of, "holdout": args.holdout}
-    fit, held_out = holdout_split(train, args.holdout)
     report_holdout(model, name, args, train.x[held_out], train.y[held_out], log, "before")
     train_scalecert(model, args.superficial_layer, train.x[fit], train.y[fit], CIFAR10_MEAN, CIFAR10_STD,
                     top_k_choices=args.top_k, patch_sizes=args.patch_sizes, r=args.r, tau=args.tau,
