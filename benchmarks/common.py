@@ -1,8 +1,9 @@
 """What every benchmark shares: the result schema, the environment record, and writing + printing.
 
-Schema (every ``benchmarks/results/*.json``): ``benchmark``, ``command``, ``config``, ``results``,
-``environment``, ``timestamp``. ``config`` holds everything needed to reproduce the numbers (weights and
-their sha256, data slice, attacks and budgets, patch sizes and placement).
+Schema (every ``benchmarks/results/*.json``): ``benchmark``, ``command``, ``config``, ``results``, ``intervals``
+(each accuracy's count and 95% Clopper-Pearson interval), ``environment``, ``timestamp``. ``config`` holds
+everything needed to reproduce the numbers (weights and their sha256, data slice, attacks and budgets, patch sizes
+and placement).
 """
 
 from __future__ import annotations
@@ -51,14 +52,37 @@ def environment() -> dict:
     }
 
 
-def write_result(benchmark: str, config: dict, results: dict) -> Path:
-    """Write ``benchmarks/results/<benchmark>.json`` and print its results as a table."""
+def accuracy_intervals(results: dict, images: dict[str, int]) -> dict[str, dict]:
+    """For each accuracy ``results[key]`` measured on ``images[key]`` images: its count and its 95% Clopper-Pearson
+    interval (:func:`art_patch_defenses.evaluation.metrics.accuracy_interval`). A key that is missing, not a
+    fraction of its images, or given no images is a ``ValueError``: an interval is never guessed."""
+    from art_patch_defenses.evaluation.metrics import accuracy_interval
+
+    intervals = {}
+    for key, n in images.items():
+        value = results.get(key)
+        if not isinstance(value, float | int) or n < 1:
+            raise ValueError(f"no accuracy {key!r} of {n} images in the results")
+        correct = round(value * n)
+        if abs(correct - value * n) > 1e-6 * n:
+            raise ValueError(f"{key} = {value} is not a fraction of {n} images")
+        intervals[key] = {"correct": correct, "images": n, "interval_95": accuracy_interval(correct, n)}
+    return intervals
+
+
+def write_result(benchmark: str, config: dict, results: dict, images: dict[str, int] | None = None) -> Path:
+    """Write ``benchmarks/results/<benchmark>.json`` and print its results as a table.
+
+    :param images: the number of images behind each accuracy in ``results`` (by key); the JSON gets their counts
+        and 95% Clopper-Pearson intervals under ``intervals`` (:func:`accuracy_intervals`).
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": benchmark,
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "config": config,
         "results": results,
+        "intervals": accuracy_intervals(results, images or {}),
         "environment": environment(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -70,6 +94,9 @@ def write_result(benchmark: str, config: dict, results: dict) -> Path:
     print(f"|{'-' * (width + 2)}|-------|")
     for key, value in results.items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if key in payload["intervals"]:
+            low, high = payload["intervals"][key]["interval_95"]
+            shown += f" [{low:.3f}, {high:.3f}]"
         print(f"| {key.ljust(width)} | {shown} |")
     print(f"written: {path}")
     return path

@@ -18,3 +18,22 @@ def test_clopper_pearson_matches_scipy(correct, total):
 def test_impossible_counts_are_refused(correct, total):
     with pytest.raises(ValueError, match="correct <= total"):
         accuracy_interval(correct, total)
+
+
+def test_benchmark_intervals_come_from_counts():
+    """Every benchmark JSON gets its accuracies' counts and Clopper-Pearson intervals from ``write_result``; a value
+    that is not a fraction of its images, or a missing key, is refused rather than given an interval."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import accuracy_intervals
+
+    intervals = accuracy_intervals({"clean": 0.75, "speed": 3.2}, {"clean": 400})
+    assert set(intervals) == {"clean"}
+    assert intervals["clean"]["correct"] == 300 and intervals["clean"]["images"] == 400
+    assert intervals["clean"]["interval_95"] == accuracy_interval(300, 400)
+    with pytest.raises(ValueError, match="not a fraction"):
+        accuracy_intervals({"clean": 0.7512}, {"clean": 400})
+    with pytest.raises(ValueError, match="no accuracy"):
+        accuracy_intervals({"clean": 0.75}, {"robust": 400})
