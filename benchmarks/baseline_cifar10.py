@@ -123,7 +123,9 @@ def main() -> None:
             },
         },
     }
-    write_result("baseline_cifar10", config, results)
+    accuracies = ("clean_accuracy", "adversarial_accuracy_universal_patch_10pct",
+                  "adversarial_accuracy_masked_pgd_5pct", "adversarial_accuracy_masked_apgd_5pct")
+    write_result("baseline_cifar10", config, results, images=dict.fromkeys(accuracies, len(test)))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def main() -> None:
     config: dict[str, Any] = {"scenario": str(SCENARIO.relative_to(SCENARIO.parents[2])), "split": args.split,
                               "digits": len(data), "certifiers": {}}
     results: dict[str, Any] = {}
+    images: dict[str, int] = {}
     rows = certifier_rows()
     for certifier in args.only or list(rows):
         model = copy.deepcopy(rows[certifier])
@@ -119,10 +120,11 @@ def main() -> None:
         results[f"{certifier}.clean_accuracy"] = clean
         results[f"{certifier}.certified_accuracy"] = certified
         results[f"{certifier}.certify_seconds_per_digit"] = round(seconds, 4)
+        images.update(dict.fromkeys((f"{certifier}.clean_accuracy", f"{certifier}.certified_accuracy"), len(data)))
         print(f"{certifier:15s} clean {clean:.3f} certified {certified:.3f} ({estimator.certificate_kind}) "
               f"{seconds:.4f} s/digit  {json.dumps(kwargs)}", flush=True)
     if args.split == "test":
-        write_result("embedded_models", config, results)
+        write_result("embedded_models", config, results, images=images)
     else:
         print(json.dumps({"config": config, "results": results}, indent=2))
 

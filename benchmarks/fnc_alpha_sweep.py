@@ -52,7 +52,7 @@ def main() -> None:
         "bn_recalibration": "one pass over 10,000 class-balanced shared train images (seed 0)",
         "alphas": [str(a) for a in ALPHAS], "layers": "all 27 residual blocks",
     }
-    write_result("fnc_alpha_sweep", config, results)
+    write_result("fnc_alpha_sweep", config, results, images=dict.fromkeys(results, len(y)))
 
 
 if __name__ == "__main__":

@@ -136,7 +136,9 @@ def main() -> None:
         },
         "timing": f"predict on a batch of 256, median of {args.timing_repeats} runs after a warm-up, same process",
     }
-    write_result(args.out, config, results)
+    fractions = ("clean_accuracy_", "adversarial_accuracy_", "target_rate_")  # of the test images
+    write_result(args.out, config, results,
+                 images={key: len(test) for key in results if key.startswith(fractions)})
 
 
 if __name__ == "__main__":

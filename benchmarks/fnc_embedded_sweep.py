@@ -96,7 +96,8 @@ def norm_ratios(x: np.ndarray) -> dict:
     return ratios
 
 
-def sweep() -> tuple[list[dict], dict]:
+def sweep() -> tuple[list[dict], dict, int]:
+    """The sweep's rows, the feature-norm diagnostics and the number of holdout digits every row is measured on."""
     train = load_dataset("mnist_embedded", "train")
     evaluation, patch_train = holdout_split(train.y)
     x, y = train.x[evaluation], train.y[evaluation]
@@ -123,7 +124,7 @@ def sweep() -> tuple[list[dict], dict]:
         if "attacked_per_seed" in row:
             row["attacked"] = float(np.mean(row["attacked_per_seed"]))
             row["gain_over_undefended"] = row["attacked"] - float(np.mean(undefended["attacked_per_seed"]))
-    return rows, diagnostics
+    return rows, diagnostics, len(y)
 
 
 def choose(rows: list[dict]) -> dict:
@@ -159,6 +160,7 @@ def final_test(chosen: dict) -> dict:
                 "attacked": result["adversarial_mean_categorical_accuracy"],
                 "attacked_interval_95": result["adversarial_accuracy_interval_95"],
                 "seconds": result["seconds"],
+                "images": result["num_samples"],
             }
             print(f"test {label} seed {seed}: {figures[f'{label}_seed{seed}']}", flush=True)
     return figures
@@ -166,7 +168,7 @@ def final_test(chosen: dict) -> dict:
 
 def main() -> None:
     start, cpu_start = time.time(), time.process_time()
-    rows, diagnostics = sweep()
+    rows, diagnostics, holdout_images = sweep()
     sweep_seconds = time.time() - start
     chosen = choose(rows)
     final = final_test(chosen)
@@ -218,7 +220,12 @@ def main() -> None:
         "sweep": rows,
         "max_over_mean_feature_norm_median": diagnostics,
     }
-    write_result("fnc_embedded_sweep", config, results)
+    # The holdout *_attacked figures are means over SWEEP_SEEDS patches on the same digits: no binomial interval.
+    images = {**dict.fromkeys(("holdout_undefended_clean", "holdout_chosen_clean"), holdout_images),
+              **{f"test_{label}_seed{s}_{metric}": final[f"{label}_seed{s}"]["images"]
+                 for label in ("undefended", "suite_fnc", "chosen_fnc") for s in FINAL_SEEDS
+                 for metric in ("clean", "attacked") if f"{label}_seed{s}" in final}}
+    write_result("fnc_embedded_sweep", config, results, images=images)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import accuracy_intervals, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = [str(REPO / ".venv" / "bin" / "art-patch-defenses"), "evaluate", "--quiet"]
@@ -51,12 +51,16 @@ def _row(scenario: dict) -> dict:
     model = config["model"]
     defence = config["defense"]["name"] if config.get("defense") else (
         "none" if model["module"] == "art_patch_defenses.models" else model["module"].rsplit(".", 1)[-1])
-    return {"defence": defence, "attack": config["attack"]["name"], "attack_kwargs": config["attack"].get("kwargs"),
-            "patch_pixels": results["patch_pixels"], "n": results["num_samples"],
-            "clean": results["benign_mean_categorical_accuracy"],
-            "attacked": results["adversarial_mean_categorical_accuracy"],
-            "certified": results.get("certified_accuracy"), "certificate_kind": results.get("certificate_kind"),
-            "seconds": results["seconds"]}
+    row = {"defence": defence, "attack": config["attack"]["name"], "attack_kwargs": config["attack"].get("kwargs"),
+           "patch_pixels": results["patch_pixels"], "n": results["num_samples"],
+           "clean": results["benign_mean_categorical_accuracy"],
+           "attacked": results["adversarial_mean_categorical_accuracy"],
+           "certified": results.get("certified_accuracy"), "certificate_kind": results.get("certificate_kind"),
+           "seconds": results["seconds"]}
+    # clean, attacked and certified are fractions of the scenario's num_samples images
+    row["intervals"] = accuracy_intervals(row, {key: row["n"] for key in ("clean", "attacked", "certified")
+                                                if row[key] is not None})
+    return row
 
 
 def main() -> None:

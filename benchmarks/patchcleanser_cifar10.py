@@ -99,7 +99,9 @@ def main() -> None:
             "images": f"{args.attack_n} certified (5x5) images spread over the slice"},
         "timing": f"seconds_per_image: predict (double masking) on {len(timed)} images of the slice, one call",
     }
-    write_result("patchcleanser_cifar10", config, results)
+    accuracies = ("clean_accuracy_finetuned_undefended", "clean_accuracy_undefended", "clean_accuracy",
+                  "certified_accuracy_5x5", "clean_accuracy_2x2", "certified_accuracy_2x2")
+    write_result("patchcleanser_cifar10", config, results, images=dict.fromkeys(accuracies, len(test)))
 
 
 if __name__ == "__main__":

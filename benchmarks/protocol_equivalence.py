@@ -107,7 +107,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import write_result
+    from common import accuracy_intervals, write_result
 
     work = Path(tempfile.mkdtemp(prefix="protocol-equivalence-"))
     reference = work / "reference"
@@ -135,6 +135,8 @@ def main() -> None:
                 row["max_abs_radius_difference"] = float(np.abs(old["radius"] - new["radius"]).max())
             row["certified_accuracy_old"] = float(old["certified"].mean())
             row["certified_accuracy_new"] = float(new["certified"].mean())
+            row["intervals"] = accuracy_intervals(row, {"certified_accuracy_old": len(old["certified"]),
+                                                        "certified_accuracy_new": len(new["certified"])})
             results[name] = row
             print(name, row, flush=True)
     finally:

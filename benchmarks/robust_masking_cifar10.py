@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import pyplot, save_figure, write_result  # noqa: E402
+from common import accuracy_intervals, pyplot, save_figure, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -94,12 +94,14 @@ def main() -> None:
 
     def unmasked_and_masked(features: np.ndarray) -> dict:
         clipped = clip_features(features, *estimator.feature_clip)
-        return {"clean_accuracy_vanilla": float(np.mean(clipped.sum(axis=(1, 2)).argmax(1) == test.y)),
-                "clean_accuracy": float(np.mean(robust_predict(features, estimator.windows_for(5), estimator.threshold,
-                                                               *estimator.feature_clip) == test.y)),
-                **{f"certified_accuracy_{side}x{side}": float(np.mean(certify(
-                    features, test.y, estimator.windows_for(side), estimator.threshold, *estimator.feature_clip)))
-                   for side in (2, 5)}}
+        accuracies = {
+            "clean_accuracy_vanilla": float(np.mean(clipped.sum(axis=(1, 2)).argmax(1) == test.y)),
+            "clean_accuracy": float(np.mean(robust_predict(features, estimator.windows_for(5), estimator.threshold,
+                                                           *estimator.feature_clip) == test.y)),
+            **{f"certified_accuracy_{side}x{side}": float(np.mean(certify(
+                features, test.y, estimator.windows_for(side), estimator.threshold, *estimator.feature_clip)))
+               for side in (2, 5)}}
+        return {**accuracies, "intervals": accuracy_intervals(accuracies, dict.fromkeys(accuracies, len(test)))}
 
     features_of = {kind: local_features(torch.from_numpy(logits), kind).numpy() for kind in FEATURE_TYPES}
     results["by_feature_type"] = {kind: unmasked_and_masked(features_of[kind]) for kind in FEATURE_TYPES}
@@ -115,7 +117,8 @@ def main() -> None:
     results["certified_accuracy_5x5"] = float(certified_by_side[5].mean())
     results["certified_accuracy_2x2"] = float(certified_by_side[2].mean())
     by_side = {side: float(certified.mean()) for side, certified in certified_by_side.items()}
-    results["certified_accuracy_by_patch_side"] = by_side
+    results["certified_accuracy_by_patch_side"] = {
+        **by_side, "intervals": accuracy_intervals(by_side, dict.fromkeys(by_side, len(test)))}
     plot_certified_by_patch_size(by_side, results["clean_accuracy_vanilla"], args.backbone, args.figure)
     own = estimator.certify(test.x, test.y)  # the estimator's own routine
     results["clean_accuracy"] = float(np.mean(own.prediction == test.y))
@@ -168,8 +171,11 @@ def main() -> None:
         },
     }
     # The committed (better) backbone writes the main result; the other one beside it.
+    images = {**dict.fromkeys(("clean_accuracy_vanilla", "certified_accuracy_5x5", "certified_accuracy_2x2",
+                               "clean_accuracy"), len(test)),
+              "reference_agreement": len(subset), "empirical_adaptive_accuracy_5x5": len(y)}
     write_result("robust_masking_cifar10" if args.backbone == "ds" else f"robust_masking_cifar10_{args.backbone}",
-                 config, results)
+                 config, results, images=images)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import accuracy_intervals, write_result  # noqa: E402
 
 from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.evaluation.verify import verify_certificates  # noqa: E402
@@ -105,6 +105,8 @@ def main() -> None:
                    "merged_windows_full": int(len(windows.boxes)),
                    "occluding_window_side": int(windows.boxes[0, 1] - windows.boxes[0, 0]),
                    "seconds_per_image": seconds}
+            row["intervals"] = accuracy_intervals(row, dict.fromkeys(
+                ("clean_accuracy_vanilla", "clean_accuracy", "certified_detection_accuracy_5x5"), len(y)))
             table.append(row)
             print(row)
     results["by_top_k_and_tau"] = table
@@ -124,7 +126,10 @@ def main() -> None:
             "images": f"{args.attack_n} certified (5x5) images spread evenly over the slice",
         },
     }
-    write_result("scalecert_cifar10", config, results)
+    accuracies = ("clean_accuracy_undefended", "clean_accuracy_vanilla", "clean_accuracy",
+                  "certified_detection_accuracy_5x5", "alert_rate_clean_5x5", "clean_accuracy_2x2",
+                  "certified_detection_accuracy_2x2")
+    write_result("scalecert_cifar10", config, results, images=dict.fromkeys(accuracies, len(test)))
 
 
 if __name__ == "__main__":
