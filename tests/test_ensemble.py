@@ -5,7 +5,8 @@ random search that fools an undefended model without gradients."""
 import numpy as np
 import pytest
 
-from art_patch_defenses.attacks import PatchAutoAttack, PatchBudget, random_search_patch
+from art_patch_defenses.attacks import PatchAutoAttack, PatchBudget, placement_scan, random_search_patch
+from art_patch_defenses.attacks.ensemble import _margins
 
 SMALL = {"pgd": ((0.1, 5),), "apgd_iter": 5, "targeted_top_k": 1, "random_placements": 1,
          "gradient_placements": 1, "random_search_queries": 20}
@@ -72,6 +73,36 @@ def test_random_search_fools_without_gradients(mnist_classifier, data):
     assert not np.any((np.abs(x_adv - x).max(axis=1) > 0) & ~masks)
 
 
+def test_the_placement_scan_keeps_each_images_worst_place(mnist_classifier, data):
+    """Against a brute-force scan of the same grid with the same patch: the kept place has the lowest margin."""
+    x, y = data
+    x_scan, masks = placement_scan(mnist_classifier, x, y, (6, 6), stride=13, seed=2)
+    assert not np.any((np.abs(x_scan - x).max(axis=1) > 0) & ~masks) and np.all(masks.sum(axis=(1, 2)) == 36)
+    content = np.stack([x_scan[k][:, masks[k]].reshape(1, 6, 6) for k in range(len(x))])
+    lowest = np.full(len(x), np.inf)
+    for row in (0, 13, 26):
+        for col in (0, 13, 26):
+            pasted = x.copy()
+            pasted[:, :, row : row + 6, col : col + 6] = content
+            lowest = np.minimum(lowest, _margins(mnist_classifier.predict(pasted), y, 10))
+    np.testing.assert_allclose(_margins(mnist_classifier.predict(x_scan), y, 10), lowest, rtol=1e-5)
+    again, _ = placement_scan(mnist_classifier, x, y, (6, 6), stride=13, seed=2)
+    np.testing.assert_array_equal(again, x_scan)
+
+
+def test_a_scanned_place_joins_the_placements_and_its_fooled_images_count(mnist_classifier, data):
+    x, y = data
+    attack = PatchAutoAttack(mnist_classifier, patch_size=7, seed=0, verbose=False,
+                             **{**SMALL, "scan_stride": 5, "random_placements": 0, "gradient_placements": 0})
+    x_adv = attack.generate(x, y)
+    report = attack.report
+    assert report.placements == ["scan"] and report.budget["scan_stride"] == 5
+    assert list(report.accuracy_after)[0] == "placement_scan"
+    assert report.ensemble_accuracy <= report.accuracy_after["placement_scan"] <= report.clean_accuracy
+    assert not np.any((np.abs(x_adv - x).max(axis=1) > 0) & ~attack.last_masks)
+    assert report.ensemble_accuracy == pytest.approx(np.mean(mnist_classifier.predict(x_adv).argmax(1) == y))
+
+
 def test_a_certifier_is_attacked_through_its_surrogate_and_judged_by_its_predict(data):
     from art_patch_defenses.scalecert import get_art_model
 
@@ -116,7 +147,7 @@ def test_patchzero_gets_its_joint_adaptive_attack(mnist_test):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"eps": 0.0}, "eps"), ({"pgd": ()}, "pgd"), ({"restarts": 0}, "restarts"),
-    ({"random_search_queries": -1}, "random_search_queries"),
+    ({"random_search_queries": -1}, "random_search_queries"), ({"scan_stride": -2}, "scan_stride"),
 ])
 def test_budgets_are_checked(overrides, message):
     with pytest.raises(ValueError, match=message):

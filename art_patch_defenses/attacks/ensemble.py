@@ -14,6 +14,10 @@ each placement, on the images still right, it runs
    (:func:`patchzero_joint_pgd`); for a randomised-smoothing certifier, expectation over its noise
    (:func:`~art_patch_defenses.attacks.eot.masked_pgd_eot`) replaces 1-2.
 
+With ``scan_stride`` a placement scan (:func:`placement_scan`) first pastes a random patch at every place of a grid
+and judges each by ``predict``: an image it fools counts as fooled, and each image's worst place becomes one more
+placement for the attacks above.
+
 The white-box attacks follow the estimator itself or, for a certifier, its protocol's ``attack_surrogate()``; every
 result is judged by the estimator's own ``predict`` (an abstention or alert is not right). Separately, on every image,
 a random search over patch location and content (:func:`random_search_patch`, after Sparse-RS / Patch-RS, Croce et
@@ -53,6 +57,9 @@ class PatchBudget:
     :param random_placements: uniformly random placements per image (besides a given mask).
     :param gradient_placements: placements where the loss gradient's magnitude summed over the patch is largest.
     :param random_search_queries: queries of the gradient-free random search per image (0: off).
+    :param scan_stride: stride of the placement scan (0: off; :func:`placement_scan`): the place where a random
+        patch lowers the defended margin most becomes a placement, and an image the scan fools counts as fooled.
+        It queries ``predict`` at ``((H - h) // stride + 1) * ((W - w) // stride + 1)`` places per image.
     :param eot_samples: noise samples per step for a randomised-smoothing certifier.
     :param detector_weight: weight of PatchZero's detector-evasion term.
     """
@@ -66,6 +73,7 @@ class PatchBudget:
     random_placements: int = 2
     gradient_placements: int = 1
     random_search_queries: int = 300
+    scan_stride: int = 0
     eot_samples: int = 8
     detector_weight: float = 1.0
 
@@ -78,7 +86,7 @@ class PatchBudget:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("targeted_top_k", "random_placements", "gradient_placements", "random_search_queries",
-                     "eot_samples"):
+                     "scan_stride", "eot_samples"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -186,6 +194,36 @@ def random_search_patch(estimator, x: np.ndarray, y: np.ndarray, shape: tuple[in
         places[todo[better]], patches[todo[better]], best[todo[better]] = (new_places[better], new_patches[better],
                                                                           proposal[better])
     return paste(np.arange(n), places, patches), _window_masks(image_hw, shape, places)
+
+
+def placement_scan(estimator, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], stride: int, seed: int = 0,
+                   batch_size: int = 128, verbose: bool = False,
+                   alert_is_safe: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Scan every place on a ``stride`` grid with one seeded random binary patch per image (corner colours of the
+    RGB cube, as the random search starts from) and keep, per image, the place where ``estimator.predict``'s margin
+    of the label is lowest. A defence that repaints or masks what it finds can be fooled by where a patch is more
+    than by what it holds (PatchZero's repaint occludes the object); gradient attacks at a few places miss that.
+
+    :return: the images with the patch at their worst place, and its masks ``(N, H, W)``.
+    """
+    rng = np.random.default_rng(seed)
+    n, image_hw = len(x), tuple(x.shape[2:])
+    content = rng.integers(0, 2, size=(n, x.shape[1], *shape)).astype(x.dtype)
+    grid = [(row, col) for row in range(0, image_hw[0] - shape[0] + 1, stride)
+            for col in range(0, image_hw[1] - shape[1] + 1, stride)]
+    lowest, worst = np.full(n, np.inf), np.zeros((n, 2), dtype=int)
+    for row, col in tqdm(grid, desc="placement scan", disable=not verbose):
+        images = x.copy()
+        images[:, :, row : row + shape[0], col : col + shape[1]] = content
+        margin = np.concatenate([_margins(estimator.predict(images[s : s + batch_size], batch_size=batch_size),
+                                          y[s : s + batch_size], estimator.nb_classes, alert_is_safe)
+                                 for s in range(0, n, batch_size)])
+        lower = margin < lowest
+        lowest[lower], worst[lower] = margin[lower], (row, col)
+    images = x.copy()
+    for k, (row, col) in enumerate(worst):
+        images[k, :, row : row + shape[0], col : col + shape[1]] = content[k]
+    return images, _window_masks(image_hw, shape, worst)
 
 
 def find_patch_detector(estimator):
@@ -345,13 +383,25 @@ class PatchAutoAttack(EvasionAttack):
             chosen = gradient_placements(surrogate, x, labels, self.patch_size, b.gradient_placements)
             placements += [(f"gradient_{k + 1}", _window_masks(image_hw, self.patch_size, places))
                            for k, places in enumerate(chosen)]
+        clean = self._holds(x, labels)
+        right, best, scanned = clean.copy(), x.copy(), {}
+        if b.scan_stride:
+            x_scan, scan_masks = placement_scan(self.estimator, x, labels, self.patch_size, b.scan_stride,
+                                                seed=self.seed, batch_size=self.batch_size, verbose=self.verbose,
+                                                alert_is_safe=self.alert_is_safe)
+            placements.append(("scan", scan_masks))
+            fooled = right & ~self._holds(x_scan, labels)
+            best[fooled], right[fooled] = x_scan[fooled], False
+            scanned = {"placement_scan": float(right.mean())}
         if not placements:
-            raise ValueError("no placement: give a mask or a budget with random or gradient placements")
+            raise ValueError("no placement: give a mask or a budget with random, gradient or scanned placements")
 
-        best, masks = x.copy(), placements[0][1].copy()
-        right = self._holds(x, labels)
-        report = AttackReport(clean_accuracy=float(right.mean()), budget=b.as_dict(),
-                              placements=[name for name, _ in placements], alert_is_safe=self.alert_is_safe)
+        masks = placements[0][1].copy()
+        if scanned:
+            masks[fooled] = scan_masks[fooled]
+        report = AttackReport(clean_accuracy=float(clean.mean()), budget=b.as_dict(),
+                              placements=[name for name, _ in placements], alert_is_safe=self.alert_is_safe,
+                              accuracy_after=scanned)
         attacks = self._attacks(surrogate)
         report.attacks = list(attacks)
         for p, (place_name, place_masks) in enumerate(placements):
