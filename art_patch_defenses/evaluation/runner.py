@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 from tqdm.auto import tqdm
 
 from art_patch_defenses import __version__
@@ -57,7 +56,7 @@ from art_patch_defenses.geometry import (
     patch_masks,
     random_locations,
 )
-from art_patch_defenses.models.checkpoints import modules_sha256
+from art_patch_defenses.models.checkpoints import weights_sha256
 
 DEFAULT_SCENARIO = Path(__file__).with_name("default_scenario.json")
 N_EXAMPLES = 6
@@ -99,20 +98,6 @@ def build_estimator(config: dict, cache: dict | None = None):
     if cache is not None:
         cache[key] = estimator
     return estimator
-
-
-def weights_sha256(estimator) -> str | None:
-    """A fingerprint of the weights ``estimator`` predicts with: the sha256 of the torch modules it holds and those
-    its pre- and postprocessing defences hold (e.g. PatchZero's detector); None when it holds none. It goes into a
-    sharded run's key, so a resumed run refuses chunks computed with other weights, and into every result."""
-    holders = [estimator, *(estimator.preprocessing_defences or []), *(estimator.postprocessing_defences or [])]
-    modules, seen = [], set()
-    for holder in holders:
-        for _, value in sorted(vars(holder).items()):
-            if isinstance(value, nn.Module) and id(value) not in seen:
-                seen.add(id(value))
-                modules.append(value)
-    return modules_sha256(modules) if modules else None
 
 
 def _targets(attack: dict, y: np.ndarray) -> np.ndarray | None:

@@ -48,6 +48,7 @@ from art_patch_defenses.evaluation.distributed import (
     sharded_map,
 )
 from art_patch_defenses.geometry import all_locations, expand_masks, patch_masks, random_locations
+from art_patch_defenses.models.checkpoints import weights_sha256
 from art_patch_defenses.validation import check_labels
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def verify_certificates(
         key = {"kind": "verify", "config": shards.config, "images": len(x), "patch_size": int(certifier.patch_size),
                "n_certified": n_certified, "placements": placements, "max_iter": max_iter, "eps_step": eps_step,
                "batch_size": batch_size, "seed": seed, "grid_stride": grid_stride,
-               "images_per_class": shards.images_per_class, "art_patch_defenses_version": __version__}
+               "images_per_class": shards.images_per_class, "art_patch_defenses_version": __version__,
+               "weights_sha256": weights_sha256(certifier)}
         store = ChunkStore(shards.directory, key, resume=shards.resume, context=shards.context)
         counts = _verify_sharded(task, store, shards, certified)
     elif certifier.certificate_kind == REGION_L2:

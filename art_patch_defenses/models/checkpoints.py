@@ -56,6 +56,21 @@ def modules_sha256(modules: list[nn.Module]) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(estimator) -> str | None:
+    """A fingerprint of the weights ``estimator`` predicts with: the sha256 of the torch modules it holds and those
+    its pre- and postprocessing defences hold (e.g. PatchZero's detector); None when it holds none. It goes into the
+    key of a sharded ``evaluate`` or ``verify`` run, so a resumed run refuses chunks computed with other weights, and
+    into every ``evaluate`` result."""
+    holders = [estimator, *(estimator.preprocessing_defences or []), *(estimator.postprocessing_defences or [])]
+    modules, seen = [], set()
+    for holder in holders:
+        for _, value in sorted(vars(holder).items()):
+            if isinstance(value, nn.Module) and id(value) not in seen:
+                seen.add(id(value))
+                modules.append(value)
+    return modules_sha256(modules) if modules else None
+
+
 def normalise_sha256(sha256: str) -> str:
     """A sha256 given by a user, lower-cased and stripped; anything but 64 hex digits is a ``ValueError``."""
     text = str(sha256).strip().lower()
