@@ -98,7 +98,7 @@ def assemble(row: str) -> dict:
         "config": str((CONFIGS / f"cifar10_{row}.json").relative_to(ROOT)),
         "command": " ".join(command(row)),
         "model": config["model"], "defense": config.get("defense"),
-        "weights": weights_record(config, results["weights_sha256"]),
+        "weights": weights_record(config, results.get("weights_sha256")),
         "attacked_images": n,
         "images_per_class": labels,
         "class_balanced": max(labels.values()) - min(labels.values()) <= 1,
@@ -150,9 +150,10 @@ def progress(row: str) -> str:
     return f"{len(chunks)} of 10 chunks finished" if chunks else "not started"
 
 
-def weights_record(config: dict, evaluated: str) -> dict:
+def weights_record(config: dict, evaluated: str | None) -> dict:
     """The files behind a row and their sha256 (the model's registered weights and a defence's checkpoint), and
-    ``evaluated``: the fingerprint of the weights the run evaluated (``weights_sha256`` in its results)."""
+    ``evaluated``: the fingerprint of the weights the run evaluated (``weights_sha256`` in its results; None for a
+    run from before the fingerprint)."""
     import importlib
 
     from art_patch_defenses.models import sha256_of
@@ -169,10 +170,11 @@ def weights_record(config: dict, evaluated: str) -> dict:
     return record
 
 
-def stale_weights(row: str) -> str | None:
+def stale_weights(row: str, previous: dict | None) -> str | None:
     """Why the row's runs (and its detection-threat-model run) cannot be assembled with the weights on disk now:
     each run records the fingerprint of the weights it evaluated (``weights_sha256``), compared here with the
-    fingerprint of the estimator its config builds today."""
+    fingerprint of the estimator its config builds today. A run from before the fingerprint is accepted only while
+    the files' sha256 equal those recorded when it was last assembled (``previous``, its board entry)."""
     from art_patch_defenses.evaluation.runner import build_estimator, weights_sha256
 
     for run_name in (row, f"{row}_alert_is_safe"):
@@ -180,6 +182,15 @@ def stale_weights(row: str) -> str | None:
             continue
         (record,) = json.loads((OUTPUTS / run_name / "results.json").read_text())["scenarios"]
         ran = record["results"].get("weights_sha256")
+        if ran is None:
+            files = {key: value for key, value in weights_record(record["config"], None).items()
+                     if key != "evaluated_sha256"}
+            recorded = {key: value for key, value in ((previous or {}).get("weights") or {}).items()
+                        if key != "evaluated_sha256"}
+            if files != recorded:
+                return (f"run {run_name} predates the weights fingerprint and its weights files differ from those "
+                        "recorded at its last assembly: rerun it")
+            continue
         now = weights_sha256(build_estimator(record["config"]))
         if ran != now:
             return f"run {run_name} evaluated weights {str(ran)[:12]}, the config builds {now[:12]} now: rerun it"
@@ -287,7 +298,7 @@ def main() -> None:
             if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file():
                 run(f"{row}_alert_is_safe")
         if status(row) == "complete":
-            problem = stale_weights(row)
+            problem = stale_weights(row, board["rows"].get(row))
             if problem:
                 board["rows"].pop(row, None)
                 print(f"{row}: {problem}; not on the board", flush=True)
