@@ -51,11 +51,12 @@ LEADERBOARD_JSON = RESULTS_DIR / "leaderboard_cifar10.json"
 DOCS = ROOT / "docs"
 ROWS = {
     "undefended": "undefended ResNet-20", "fnc": "FNC", "patchzero": "PatchZero",
+    "patchzero_masked": "PatchZero, mask-trained ResNet-20",
     "robust_masking": "robust masking (cropped-band Mask-DS)",
     "art_derandomized_smoothing": "ART PyTorchDeRandomizedSmoothing (cropped-band Mask-DS)",
     "mrs": "MRS", "scalecert": "ScaleCert", "patchcleanser": "PatchCleanser",
 }
-EMPIRICAL = ("undefended", "fnc", "patchzero")
+EMPIRICAL = ("undefended", "fnc", "patchzero", "patchzero_masked")
 MASKING_TOLERANCE = 0.02  # random search this far below the white-box figure: the gradients mislead the attack
 CERTIFICATE_COLUMNS = {RECOVERY: "certified_recovery", DETECTION: "certified_detection", REGION_L2: "region_l2_bound"}
 EVALUATE_OPTIONS = ["--sharded", "--resume", "--chunk-per-class", "5", "--quiet"]

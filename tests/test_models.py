@@ -162,6 +162,17 @@ def test_a_committed_embedded_checkpoint_with_another_hash_is_refused(tmp_path, 
         build_model("mnist_cnn", "embedded")
 
 
+def test_a_checkpoint_file_name_resolves_in_checkpoints(tmp_path, monkeypatch):
+    """A config may name a committed checkpoint by file name (another defence's weights, untagged here)."""
+    monkeypatch.chdir(tmp_path)
+    model = build_model("mnist_cnn", "mnist_embedded_mnist_cnn_patchcleanser.pt")
+    tagged = build_model("mnist_cnn", checkpoints_dir() / "mnist_embedded_mnist_cnn_patchcleanser.pt")
+    for mine, theirs in zip(model.state_dict().values(), tagged.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    with pytest.raises(FileNotFoundError, match="not_there.pt"):
+        build_model("mnist_cnn", "not_there.pt")
+
+
 def test_an_unknown_tag_names_the_known_ones_and_where_tags_come_from():
     with pytest.raises(ValueError, match=r"'nonsense' is neither a file path nor a registered tag of model "
                                          r"'mnist_cnn'; known tags: none, embedded") as error:

@@ -168,7 +168,9 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def weights_path(name: str, weights: str | Path) -> Path:
-    """Resolve a weights tag of model ``name`` (or a path) to a file path.
+    """Resolve a weights tag of model ``name`` (or a path) to a file path. A relative path that is not a file here
+    but names one in ``checkpoints/`` is that checkpoint (so a config can name another defence's weights, e.g.
+    ``"cifar10_resnet20_patchcleanser.pt"``, without importing it).
 
     :raises ValueError: for a string that is neither a registered tag nor a file name (no suffix), naming the
         known tags and how a defence's tags get registered.
@@ -182,6 +184,8 @@ def weights_path(name: str, weights: str | Path) -> Path:
             f"weights {str(weights)!r} is neither a file path nor a registered tag of model {name!r}; known tags: "
             f"{', '.join([NO_WEIGHTS, *sorted(spec.weights)])}; {_TAG_HINT}"
         )
+    if not path.is_absolute() and not path.exists() and (checkpoints_dir() / path).is_file():
+        return checkpoints_dir() / path
     return path
 
 
