@@ -157,3 +157,27 @@ def test_budgets_are_checked(overrides, message):
 def test_a_patch_larger_than_the_image_is_refused(mnist_classifier, data):
     with pytest.raises(ValueError, match="larger than the image"):
         PatchAutoAttack(mnist_classifier, patch_size=40, verbose=False).generate(*data)
+
+
+@pytest.mark.parametrize("search", ["random_search", "placement_scan"])
+def test_the_query_attacks_refuse_bad_input(mnist_classifier, data, search):
+    x, y = data
+    attack = {"random_search": lambda *args: random_search_patch(*args, 2),
+              "placement_scan": lambda *args: placement_scan(*args, 9)}[search]
+
+    def run(images, labels=y, shape=(5, 5)):
+        return attack(mnist_classifier, images, labels, shape)
+
+    nan = x.copy()
+    nan[0, 0, 0, 0] = np.nan
+    for images, message in ((nan, "NaN"), (x * 255, "range|clip"), (x.transpose(0, 2, 3, 1), "shape|layout|NHWC"),
+                            (x[:0], "empty")):
+        with pytest.raises(ValueError, match=message):
+            run(images)
+    with pytest.raises(ValueError, match="larger than the image"):
+        run(x, shape=(40, 40))
+    with pytest.raises(ValueError):
+        run(x, labels=y[:3])
+    if search == "placement_scan":
+        with pytest.raises(ValueError, match="stride"):
+            placement_scan(mnist_classifier, x, y, (5, 5), 0)

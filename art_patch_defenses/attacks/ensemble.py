@@ -145,6 +145,18 @@ def _margins(scores: np.ndarray, y: np.ndarray, nb_classes: int, alert_is_safe: 
     return margin
 
 
+def _checked_query_inputs(estimator, x: np.ndarray, y: np.ndarray,
+                          shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` checked for a query attack (shape, layout, clip range, NaN, labels), and a patch that fits."""
+    x = check_estimator_inputs(estimator, x)
+    y = check_labels(y, len(x), estimator.nb_classes)
+    if len(shape) != 2 or any(int(side) < 1 for side in shape):
+        raise ValueError(f"patch shape must be (height, width) of positive sides, got {shape}")
+    if any(side > image for side, image in zip(shape, x.shape[2:], strict=True)):
+        raise ValueError(f"patch shape {tuple(shape)} is larger than the image {tuple(x.shape[2:])}")
+    return x, y
+
+
 def random_search_patch(estimator, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], queries: int,
                         seed: int = 0, batch_size: int = 128, verbose: bool = False,
                         alert_is_safe: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +168,9 @@ def random_search_patch(estimator, x: np.ndarray, y: np.ndarray, shape: tuple[in
 
     :return: adversarial images and their patch masks ``(N, H, W)``.
     """
+    x, y = _checked_query_inputs(estimator, x, y, shape)
+    if int(queries) < 0:
+        raise ValueError(f"queries must be >= 0, got {queries}")
     rng = np.random.default_rng(seed)
     n, channels = len(x), x.shape[1]
     image_hw = tuple(x.shape[2:])
@@ -206,6 +221,9 @@ def placement_scan(estimator, x: np.ndarray, y: np.ndarray, shape: tuple[int, in
 
     :return: the images with the patch at their worst place, and its masks ``(N, H, W)``.
     """
+    x, y = _checked_query_inputs(estimator, x, y, shape)
+    if isinstance(stride, bool) or int(stride) < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
     rng = np.random.default_rng(seed)
     n, image_hw = len(x), tuple(x.shape[2:])
     content = rng.integers(0, 2, size=(n, x.shape[1], *shape)).astype(x.dtype)
