@@ -1,0 +1,89 @@
+"""Where a patch lands against PatchZero: the joint BPDA attack at one random place, the placement scan, a random
+search that moves the patch, and the joint attack at the scanned place, for PatchZero in front of the fine-tuned
+ResNet-20 and in front of the ResNet-20 fine-tuned on masked images (PatchCleanser's weights).
+
+Design data, so TRAINING images only (never the test slices): 100 class-balanced shared CIFAR-10 training images
+(seed 7); 5x5 patch (2.4%); places and patch contents from seed 0; white-box against the defended classifier
+(PatchZero with BPDA), every figure judged by its predict. Usage: ``python benchmarks/patchzero_placement.py``
+(one thread, about 30 minutes alone).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
+
+from art_patch_defenses.attacks import placement_scan, random_search_patch  # noqa: E402
+from art_patch_defenses.attacks.ensemble import _window_masks, find_patch_detector, patchzero_joint_pgd  # noqa: E402
+from art_patch_defenses.data import load_dataset  # noqa: E402
+from art_patch_defenses.evaluation.runner import build_estimator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples" / "configs" / "leaderboard" / "cifar10_patchzero.json"
+DOWNSTREAM = {"finetuned": "finetuned", "mask_trained": "cifar10_resnet20_patchcleanser.pt"}
+N, DATA_SEED, SEED, SHAPE, SCAN_STRIDE, QUERIES = 100, 7, 0, (5, 5), 2, 300
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    data = load_dataset("cifar10", "train", n=N, seed=DATA_SEED)
+    x, y = data.x, data.y
+    rng = np.random.default_rng(SEED)
+    places = np.stack([rng.integers(0, 33 - SHAPE[0], N), rng.integers(0, 33 - SHAPE[1], N)], axis=1)
+    random_place = np.broadcast_to(_window_masks((32, 32), SHAPE, places)[:, None], x.shape).astype(np.float32)
+    results: dict = {}
+    for name, weights in DOWNSTREAM.items():
+        config = json.loads(CONFIG.read_text())
+        config["model"]["model_kwargs"]["weights"] = weights
+        estimator = build_estimator(config)
+        patchzero = find_patch_detector(estimator)
+
+        def right(images: np.ndarray, estimator=estimator) -> np.ndarray:
+            return estimator.predict(images, batch_size=100).argmax(1) == y  # PatchZero never abstains
+
+        start = time.time()
+        x_scan, scan_masks = placement_scan(estimator, x, y, SHAPE, SCAN_STRIDE, seed=SEED, batch_size=100)
+        scanned_place = np.broadcast_to(scan_masks[:, None], x.shape).astype(np.float32)
+        outcomes = {
+            "clean": right(x),
+            "joint_random_place_step0.01x100": right(patchzero_joint_pgd(estimator, patchzero, x, random_place, y,
+                                                                          0.01, 100, seed=SEED)),
+            "joint_random_place_step0.05x50": right(patchzero_joint_pgd(estimator, patchzero, x, random_place, y,
+                                                                         0.05, 50, seed=SEED)),
+            "placement_scan": right(x_scan),
+            "random_search_moving": right(random_search_patch(estimator, x, y, SHAPE, QUERIES, seed=SEED,
+                                                              batch_size=100)[0]),
+            "joint_scanned_place_step0.05x50": right(patchzero_joint_pgd(estimator, patchzero, x, scanned_place, y,
+                                                                          0.05, 50, seed=SEED)),
+        }
+        outcomes["worst_of_scan_search_joint_scanned"] = (outcomes["placement_scan"] & outcomes["random_search_moving"]
+                                                          & outcomes["joint_scanned_place_step0.05x50"])
+        for key, held in outcomes.items():
+            results[f"{name}_{key}"] = float(held.mean())
+        results[f"{name}_seconds"] = round(time.time() - start, 1)
+    config = {
+        "data": f"{N} class-balanced shared CIFAR-10 TRAINING images (seed {DATA_SEED}): design data, not test data",
+        "defence": "PatchZero (checkpoints/cifar10_patchzero_cifar_resnet20.pt, BPDA) as in " + str(CONFIG.name),
+        "downstream": DOWNSTREAM,
+        "patch": f"{SHAPE[0]}x{SHAPE[1]} (2.4%); random place and contents from seed {SEED}",
+        "attacks": {"joint": "patchzero_joint_pgd (cross-entropy through BPDA minus the detector probability "
+                             "inside the patch), eps 1, from uniform noise",
+                    "placement_scan": f"stride {SCAN_STRIDE}, one seeded random binary patch per image",
+                    "random_search_moving": f"random_search_patch, {QUERIES} queries, moves and repaints"},
+        "threads": "one torch thread",
+    }
+    images = {key: N for key in results if not key.endswith("_seconds")}
+    write_result("patchzero_placement", config, results, images=images)
+
+
+if __name__ == "__main__":
+    main()
