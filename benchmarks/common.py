@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+EVALUATE_OPTIONS = ["--sharded", "--resume", "--chunk-per-class", "5", "--quiet"]
 
 
 def accuracy(classifier, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
@@ -100,6 +103,32 @@ def write_result(benchmark: str, config: dict, results: dict, images: dict[str, 
         print(f"| {key.ljust(width)} | {shown} |")
     print(f"written: {path}")
     return path
+
+
+def evaluate_command(config: Path, output_dir: Path) -> list[str]:
+    """The user's command that evaluates ``config`` into ``output_dir``: sharded in chunks of 5 images per class,
+    resumed from the finished chunks of an interrupted run."""
+    return ["art-patch-defenses", "evaluate", str(config.relative_to(ROOT)), *EVALUATE_OPTIONS,
+            "--output-dir", str(output_dir.relative_to(ROOT))]
+
+
+def run_evaluate(config: Path, output_dir: Path) -> dict:
+    """Run :func:`evaluate_command` (this interpreter's ``art-patch-defenses``) and return the record of the
+    config's one scenario from ``output_dir/results.json``."""
+    command = evaluate_command(config, output_dir)
+    subprocess.run([str(Path(sys.executable).with_name(command[0])), *command[1:]], cwd=ROOT, check=True)
+    (record,) = json.loads((output_dir / "results.json").read_text())["scenarios"]
+    return record
+
+
+def chunk_seconds(output_dir: Path) -> float:
+    """Compute time of a sharded evaluate run: its chunks' seconds summed (a resumed run's chunks came from
+    several processes)."""
+    total = 0.0
+    for path in sorted((output_dir / "shards").glob("evaluate-*/chunk-*.json")):
+        record = json.loads(path.read_text())
+        total += float(record.get("payload", record).get("seconds", 0.0))
+    return round(total, 1)
 
 
 def pyplot():

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,12 +38,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, environment, pyplot, save_figure  # noqa: E402
+from common import RESULTS_DIR, ROOT, chunk_seconds, environment, evaluate_command, pyplot, run_evaluate, save_figure  # noqa: E402
 
 from art_patch_defenses.certification import DETECTION, RECOVERY, REGION_L2  # noqa: E402
 from art_patch_defenses.evaluation.metrics import accuracy_interval  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs" / "leaderboard"
 OUTPUTS = ROOT / "outputs" / "leaderboard"
 LEADERBOARD_JSON = RESULTS_DIR / "leaderboard_cifar10.json"
@@ -59,33 +57,21 @@ ROWS = {
 EMPIRICAL = ("undefended", "fnc", "patchzero", "patchzero_masked")
 MASKING_TOLERANCE = 0.02  # random search this far below the white-box figure: the gradients mislead the attack
 CERTIFICATE_COLUMNS = {RECOVERY: "certified_recovery", DETECTION: "certified_detection", REGION_L2: "region_l2_bound"}
-EVALUATE_OPTIONS = ["--sharded", "--resume", "--chunk-per-class", "5", "--quiet"]
 
 
 def command(row: str) -> list[str]:
     """The user's command that produces ``row``."""
-    return ["art-patch-defenses", "evaluate", str((CONFIGS / f"cifar10_{row}.json").relative_to(ROOT)),
-            *EVALUATE_OPTIONS, "--output-dir", str((OUTPUTS / row).relative_to(ROOT))]
+    return evaluate_command(CONFIGS / f"cifar10_{row}.json", OUTPUTS / row)
 
 
 def run(row: str) -> None:
-    executable = Path(sys.executable).with_name("art-patch-defenses")
-    subprocess.run([str(executable), *command(row)[1:]], cwd=ROOT, check=True)
+    run_evaluate(CONFIGS / f"cifar10_{row}.json", OUTPUTS / row)
 
 
 def fraction(value: float, n: int) -> dict:
     """An accuracy with its count and 95% Clopper-Pearson interval."""
     correct = int(round(value * n))
     return {"value": correct / n, "correct": correct, "images": n, "interval_95": accuracy_interval(correct, n)}
-
-
-def chunk_seconds(row: str) -> float:
-    """Compute time of the run: its chunks' seconds summed (a resumed run's chunks came from several processes)."""
-    total = 0.0
-    for path in sorted((OUTPUTS / row / "shards").glob("evaluate-*/chunk-*.json")):
-        record = json.loads(path.read_text())
-        total += float(record.get("payload", record).get("seconds", 0.0))
-    return round(total, 1)
 
 
 def assemble(row: str) -> dict:
@@ -115,7 +101,7 @@ def assemble(row: str) -> dict:
         "abstain_or_alert_rate": {"clean": results["abstain_rate_benign"],
                                   "attacked": results["abstain_rate_adversarial"]},
         "max_change_outside_patch": results["max_change_outside_patch"],
-        "seconds": chunk_seconds(row),
+        "seconds": chunk_seconds(OUTPUTS / row),
     }
     if row in EMPIRICAL:
         gap = entry["white_box_accuracy"]["value"] - entry["random_search_accuracy"]["value"]
