@@ -20,7 +20,7 @@ import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-EVALUATE_OPTIONS = ["--sharded", "--resume", "--chunk-per-class", "5", "--quiet"]
+EVALUATE_OPTIONS = ["--sharded", "--resume", "--quiet"]
 
 
 def accuracy(classifier, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
@@ -105,17 +105,17 @@ def write_result(benchmark: str, config: dict, results: dict, images: dict[str, 
     return path
 
 
-def evaluate_command(config: Path, output_dir: Path) -> list[str]:
-    """The user's command that evaluates ``config`` into ``output_dir``: sharded in chunks of 5 images per class,
-    resumed from the finished chunks of an interrupted run."""
+def evaluate_command(config: Path, output_dir: Path, chunk_per_class: int = 5) -> list[str]:
+    """The user's command that evaluates ``config`` into ``output_dir``: sharded in chunks of ``chunk_per_class``
+    images per class, resumed from the finished chunks of an interrupted run."""
     return ["art-patch-defenses", "evaluate", str(config.relative_to(ROOT)), *EVALUATE_OPTIONS,
-            "--output-dir", str(output_dir.relative_to(ROOT))]
+            "--chunk-per-class", str(chunk_per_class), "--output-dir", str(output_dir.relative_to(ROOT))]
 
 
-def run_evaluate(config: Path, output_dir: Path) -> dict:
+def run_evaluate(config: Path, output_dir: Path, chunk_per_class: int = 5) -> dict:
     """Run :func:`evaluate_command` (this interpreter's ``art-patch-defenses``) and return the record of the
     config's one scenario from ``output_dir/results.json``."""
-    command = evaluate_command(config, output_dir)
+    command = evaluate_command(config, output_dir, chunk_per_class)
     subprocess.run([str(Path(sys.executable).with_name(command[0])), *command[1:]], cwd=ROOT, check=True)
     (record,) = json.loads((output_dir / "results.json").read_text())["scenarios"]
     return record
