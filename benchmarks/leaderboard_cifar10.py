@@ -6,10 +6,10 @@ Each row is one config in ``examples/configs/leaderboard/`` (the fine-tuned ResN
     art-patch-defenses evaluate examples/configs/leaderboard/cifar10_<row>.json \\
         --sharded --resume --quiet --chunk-per-class 5 --output-dir outputs/leaderboard/<row>
 
-(MRS: ``--chunk-per-class 1``, 10-image chunks, since its predict takes seconds per image) on 500 class-balanced shared CIFAR-10 test images (seed 0), attacked white-box by ``PatchAutoAttack`` with a 5x5
-patch (2.4%). This script only runs those commands (``--assemble`` skips them) and assembles their
-``results.json`` into ``benchmarks/results/leaderboard_cifar10.json``, ``docs/leaderboard.md`` and
-``docs/leaderboard.png``. Columns:
+(MRS: ``--chunk-per-class 1``, 10-image chunks, since its predict takes seconds per image) on 500 class-balanced
+shared CIFAR-10 test images (seed 0), attacked white-box by ``PatchAutoAttack`` with a 5x5 patch (2.4%). This
+script only runs those commands (``--assemble`` skips them) and assembles their ``results.json`` into
+``benchmarks/results/leaderboard_cifar10.json``, ``docs/leaderboard.md`` and ``docs/leaderboard.png``. Columns:
 
 - ``clean``: the defended prediction on the clean images (an abstention or alert counts as wrong);
 - for a certified detector, ``right or alert``: the same ensemble from ``cifar10_<row>_alert_is_safe.json``, where an

@@ -472,6 +472,8 @@ def test_an_unwritable_out_stops_a_training_command_before_it_starts(tmp_path, c
      "--superficial-layer: superficial_layer 'nope' is not a module of the model"),
     ("art_patch_defenses.scalecert.train", ["--worst-of", "0"], "argument --worst-of: must be a positive integer"),
     ("art_patch_defenses.scalecert.train", ["--holdout", "-1"], "argument --holdout: must be a non-negative integer"),
+    ("art_patch_defenses.patchcleanser.train", ["--holdout", "-1"],
+     "argument --holdout: must be a non-negative integer"),
     ("art_patch_defenses.mrs.train", ["--width-min", "11"], "--width-min 11 exceeds --width-max 10"),
     ("art_patch_defenses.mrs.train", ["--lr", "-0.1"], "argument --lr: must be a positive number, got '-0.1'"),
     ("art_patch_defenses.mrs.train", ["--seed", "x"], "argument --seed: must be a non-negative integer, got 'x'"),
@@ -514,10 +516,10 @@ def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path, capsys, 
         holdout_split(SimpleNamespace(y=labels), 30)
     if not (SHARED / "data" / "cifar10").is_dir():
         pytest.skip("the CIFAR-10 command needs ../shared")
-    status, err = run_command("art_patch_defenses.scalecert.train",
-                              ["--holdout", "50000", "--out", str(tmp_path / "model.pt")], capsys)
-    assert status == 2 and "error: --holdout must leave training images: got 50000 of the 50000" in err, err
-    assert list(tmp_path.iterdir()) == []
+    for module in ("art_patch_defenses.scalecert.train", "art_patch_defenses.patchcleanser.train"):
+        status, err = run_command(module, ["--holdout", "50000", "--out", str(tmp_path / "model.pt")], capsys)
+        assert status == 2 and "error: --holdout must leave training images: got 50000 of the 50000" in err, err
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_the_reported_command_leaves_the_committed_log_alone(tmp_path):

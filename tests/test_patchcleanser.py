@@ -183,3 +183,33 @@ def test_worst_of_needs_every_image_masked():
     x, y = np.zeros((4, 1, 32, 32), np.float32), np.zeros(4, np.int64)
     with pytest.raises(ValueError, match="probability must be 1.0"):
         train_patchcleanser(_MeanLogit(), x, y, (0.5,), (0.5,), probability=0.75, worst_of=4)
+
+
+class _Constant(torch.nn.Module):
+    """CIFAR-10 logits that always pick class 3, whatever is masked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.nn.functional.one_hot(torch.tensor(3), 10).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), -1)
+
+
+def test_training_holdout_report_is_double_masking_on_the_held_out_images():
+    """``patchcleanser.train --holdout`` logs clean and certified accuracy per patch size: a classifier that always
+    says 3 is right and certified exactly on the images of class 3."""
+    from types import SimpleNamespace
+
+    from art_patch_defenses.patchcleanser.train import report_holdout
+
+    x = np.random.default_rng(0).random((6, 3, 32, 32)).astype(np.float32)
+    y = np.array([3, 3, 0, 1, 3, 9])
+    lines: list[str] = []
+    report_holdout(_Constant(), "cifar_resnet20", SimpleNamespace(patch_sizes=[2, 5], masks_per_axis=6), x, y,
+                   lines.append, "before")
+    assert lines == [f"holdout before: 6 training images, {s}x{s} patch, 6 masks per axis: clean 0.5000 certified "
+                     "0.5000" for s in (2, 5)]
+    report_holdout(_Constant(), "cifar_resnet20", SimpleNamespace(patch_sizes=[5], masks_per_axis=6), x[:0], y[:0],
+                   lines.append, "after")
+    assert len(lines) == 2  # no holdout, no line
