@@ -3,8 +3,8 @@
 Run, e.g.: ``python -m art_patch_defenses.patchcleanser.train --depth 20 --epochs 4``; the checkpoint goes to
 ``checkpoints/cifar10_resnet<depth>_patchcleanser.pt`` (registry tag ``"patchcleanser"``), with its command and log.
 ``--holdout n`` trains on the other training images and logs double masking's clean and certified accuracy on the
-``n`` left out (class-balanced, seed 0; each patch size; before and after training), so a recipe is chosen without
-the test images.
+``n`` left out (class-balanced, seed 0; the largest patch size, about 1.4 s per image on one thread; before and after
+training), so a recipe is chosen without the test images.
 """
 
 from __future__ import annotations
@@ -38,16 +38,16 @@ from art_patch_defenses.paths import checkpoints_dir
 
 def report_holdout(model: torch.nn.Module, name: str, args: argparse.Namespace, x: np.ndarray, y: np.ndarray,
                    log, when: str) -> None:
-    """Log double masking's clean and certified accuracy on held-out training images, for each patch size."""
+    """Log double masking's clean and certified accuracy on held-out training images for the largest patch size
+    (the one the goals are set for)."""
     if not len(x):
         return
-    model.eval()
-    for side in args.patch_sizes:
-        certifier = make_classifier(model, name, estimator_class=PyTorchPatchCleanser, patch_size=side,
-                                    masks_per_axis=args.masks_per_axis)
-        found = certifier.certify(x, y)
-        log(f"holdout {when}: {len(x)} training images, {side}x{side} patch, {args.masks_per_axis} masks per axis: "
-            f"clean {np.mean(found.prediction == y):.4f} certified {np.mean(found.certified):.4f}")
+    side = max(args.patch_sizes)
+    certifier = make_classifier(model.eval(), name, estimator_class=PyTorchPatchCleanser, patch_size=side,
+                                masks_per_axis=args.masks_per_axis)
+    found = certifier.certify(x, y)
+    log(f"holdout {when}: {len(x)} training images, {side}x{side} patch, {args.masks_per_axis} masks per axis: "
+        f"clean {np.mean(found.prediction == y):.4f} certified {np.mean(found.certified):.4f}")
 
 
 def main(argv: list[str] | None = None) -> None:
