@@ -99,6 +99,23 @@ def test_insertion_changes_the_forward_pass_and_alpha_inf_restores_it():
         assert torch.equal(insert_fnc(model, math.inf)(x), plain)
 
 
+def test_per_layer_alpha_goes_to_the_modules_in_forward_order():
+    """alpha (inf, ..., inf, 0.8) clips only after the last block: the same forward pass as one FNC layer there."""
+    torch.manual_seed(0)
+    model = cifar_resnet(20).eval()
+    blocks = cascaded_modules(model)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        last_only = insert_fnc(model, 0.8, insertion_points=[blocks[-1]])(x)
+        assert torch.equal(insert_fnc(model, [math.inf] * (len(blocks) - 1) + [0.8])(x), last_only)
+        assert torch.equal(insert_fnc(model, (math.inf, math.inf, 0.8), n_fnc=3)(x), last_only)
+        assert not torch.equal(insert_fnc(model, [0.8] + [math.inf] * (len(blocks) - 1))(x), last_only)
+    with pytest.raises(ValueError, match="alpha has 2 values for 9 FNC layers"):
+        insert_fnc(model, [1.0, 1.2])
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        insert_fnc(model, [1.0] * 8 + [0.0])
+
+
 def test_in_place_inference_path_equals_the_differentiable_path():
     torch.manual_seed(0)
     defended = insert_fnc(cifar_resnet(20).eval(), alpha=0.9)
@@ -174,6 +191,28 @@ def test_set_params_changes_alpha_in_place_and_validates(resnet_classifiers):
         defended.set_params(alpha=-1.0)
     with pytest.raises(ValueError, match="n_fnc is fixed"):
         defended.set_params(n_fnc=2)
+
+
+def test_classifier_takes_one_alpha_per_layer(resnet_classifiers):
+    base, _ = resnet_classifiers
+    defended = fnc_classifier(base, alpha=1.0, n_fnc=3)
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    defended.set_params(alpha=[math.inf, math.inf, 1.0])
+    assert defended.alpha == (math.inf, math.inf, 1.0)
+    assert [layer.alpha for layer in fnc_layers(defended.model)] == [math.inf, math.inf, 1.0]
+    last_only = fnc_classifier(base, alpha=1.0, insertion_points=[cascaded_modules(base.model)[-1]])
+    np.testing.assert_array_equal(defended.predict(x), last_only.predict(x))
+    params = defended.get_params()
+    defended.set_params(alpha=1.5)
+    assert defended.alpha == 1.5
+    defended.set_params(**params)  # the per-layer values round-trip
+    assert defended.alpha == (math.inf, math.inf, 1.0)
+    with pytest.raises(ValueError, match="alpha has 2 values for 3 FNC layers"):
+        defended.set_params(alpha=[1.0, 1.0])
+    assert defended.alpha == (math.inf, math.inf, 1.0)  # a refused setting changes nothing
+    kept = PyTorchFNCClassifier(insert_fnc(base.model, (0.9, 1.1, 1.3), n_fnc=3), loss=base.loss,
+                                input_shape=base.input_shape, nb_classes=10)
+    assert kept.alpha == (0.9, 1.1, 1.3)
 
 
 def test_batchnorm_recalibration_is_one_exact_pass():

@@ -38,8 +38,9 @@ class PyTorchFNCClassifier(CheckedInputsMixin, PyTorchClassifier):
     :param model: the undefended model (left untouched; a copy gets the FNC layers), or a model that already
         carries FNC layers (from :func:`insert_fnc`, or the copy ART's ``clone_for_refitting`` passes), which is
         used as it is: no layer is added, and ``n_fnc`` / ``insertion_points``, if given, must describe its layers.
-    :param alpha: clipping parameter (paper: 1.2 on CIFAR-10); ``set_params(alpha=...)`` changes it in place.
-        Default: 1.2 for new layers; a model that already carries FNC layers keeps their (common) alpha.
+    :param alpha: clipping parameter (paper: 1.2 on CIFAR-10), or one per FNC layer in forward order;
+        ``set_params(alpha=...)`` changes it in place. Default: 1.2 for new layers; a model that already carries
+        FNC layers keeps theirs.
     :param n_fnc: number of FNC layers (the last block and the rest evenly spaced); default all blocks.
     :param insertion_points: module names to clip after, for architectures not found by type.
     The other arguments are :class:`art.estimators.classification.PyTorchClassifier`'s; ``predict``,
@@ -56,7 +57,7 @@ class PyTorchFNCClassifier(CheckedInputsMixin, PyTorchClassifier):
         loss: nn.Module,
         input_shape: tuple[int, ...],
         nb_classes: int,
-        alpha: float | None = None,
+        alpha: float | Sequence[float] | None = None,
         n_fnc: int | None = None,
         insertion_points: Sequence[str] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -69,31 +70,26 @@ class PyTorchFNCClassifier(CheckedInputsMixin, PyTorchClassifier):
             else:
                 name = "n_fnc" if n_fnc is not None else "insertion_points"
                 _check_placement(defended, n_fnc, insertion_points, name)
-            if alpha is None:
-                alphas = {layer.alpha for layer in fnc_layers(defended)}
-                if len(alphas) > 1:
-                    raise ValueError(f"the FNC layers of model have different alphas {sorted(alphas)}; pass alpha=")
-                alpha = alphas.pop()
-            set_alpha(defended, alpha)
+            if alpha is not None:
+                set_alpha(defended, alpha)
         else:
             defended = insert_fnc(model, DEFAULT_ALPHA if alpha is None else alpha, n_fnc, insertion_points)
             if optimizer is not None:
                 # The optimizer given is bound to the undefended model's parameters, not to the copy's.
                 optimizer = type(optimizer)(defended.parameters(), **optimizer.defaults)
         super().__init__(defended, loss, input_shape, nb_classes, optimizer=optimizer, **kwargs)
-        self._alpha = fnc_layers(defended)[0].alpha
         self._n_fnc = n_fnc
         self._insertion_points = None if insertion_points is None else list(insertion_points)
 
     @property
-    def alpha(self) -> float:
-        """The clipping parameter of every FNC layer."""
-        return self._alpha
+    def alpha(self) -> float | tuple[float, ...]:
+        """The clipping parameter of the FNC layers: one number when they share it, else one per layer."""
+        alphas = tuple(layer.alpha for layer in fnc_layers(self.model))
+        return alphas[0] if len(set(alphas)) == 1 else alphas
 
     @alpha.setter
-    def alpha(self, value: float) -> None:
+    def alpha(self, value: float | Sequence[float]) -> None:
         set_alpha(self.model, value)
-        self._alpha = float(value)
 
     @property
     def n_fnc(self) -> int | None:
@@ -191,7 +187,7 @@ def _describe_placement(model: nn.Module) -> tuple[int | None, list[str] | None]
 
 def fnc_classifier(
     classifier: PyTorchClassifier,
-    alpha: float = 1.2,
+    alpha: float | Sequence[float] = 1.2,
     n_fnc: int | None = None,
     insertion_points: Sequence[str] | None = None,
 ) -> PyTorchFNCClassifier:

@@ -118,15 +118,26 @@ def spread_evenly(n_blocks: int, n_fnc: int) -> list[int]:
     return sorted({n_blocks - 1 - round(k * n_blocks / n_fnc) for k in range(n_fnc)})
 
 
+def layer_alphas(alpha: float | Sequence[float], count: int) -> list[float]:
+    """One clipping parameter per FNC layer: ``alpha`` for all ``count`` layers, or a sequence of exactly ``count``
+    values (one per clipped module, in forward order), each positive (inf disables that layer)."""
+    if isinstance(alpha, (str, bytes)) or not isinstance(alpha, Sequence | np.ndarray):
+        return [FeatureNormClipping(alpha).alpha] * count
+    if len(alpha) != count:
+        raise ValueError(f"alpha has {len(alpha)} values for {count} FNC layers: give one per layer or one number")
+    return [FeatureNormClipping(value).alpha for value in alpha]
+
+
 def insert_fnc(
     model: nn.Module,
-    alpha: float = 1.2,
+    alpha: float | Sequence[float] = 1.2,
     n_fnc: int | None = None,
     insertion_points: Sequence[str] | None = None,
 ) -> nn.Module:
     """Return a copy of ``model`` with an FNC layer after each chosen module; ``model`` is left untouched.
 
-    :param alpha: clipping parameter (paper: 1.0-1.1 on ImageNet, 1.2 on CIFAR-10).
+    :param alpha: clipping parameter (paper: 1.0-1.1 on ImageNet, 1.2 on CIFAR-10), or one per chosen module in
+        forward order (e.g. looser clipping in the early blocks, where it costs clean accuracy).
     :param n_fnc: clip only this many of the cascaded modules (the last, and the rest evenly spaced);
         default: all of them.
     :param insertion_points: module names (as in ``model.named_modules()``) to clip after, for models whose
@@ -138,11 +149,12 @@ def insert_fnc(
     """
     clipped = copy.deepcopy(model)
     modules = dict(clipped.named_modules())
-    for name in chosen_modules(clipped, n_fnc, insertion_points):
+    names = chosen_modules(clipped, n_fnc, insertion_points)
+    for name, value in zip(names, layer_alphas(alpha, len(names)), strict=True):
         module = modules[name]
         if hasattr(module, "fnc"):
             raise ValueError(f"module {name!r} already has an FNC layer")
-        module.fnc = FeatureNormClipping(alpha)
+        module.fnc = FeatureNormClipping(value)
         module.register_forward_hook(_clip_block_output)
     return clipped
 
@@ -182,13 +194,14 @@ def fnc_layers(model: nn.Module) -> list[FeatureNormClipping]:
     return [m for m in model.modules() if isinstance(m, FeatureNormClipping)]
 
 
-def set_alpha(model: nn.Module, alpha: float) -> None:
-    """Change the clipping parameter of every FNC layer of ``model`` in place."""
+def set_alpha(model: nn.Module, alpha: float | Sequence[float]) -> None:
+    """Change the clipping parameter of every FNC layer of ``model`` in place (one number, or one per layer in
+    module order)."""
     layers = fnc_layers(model)
     if not layers:
         raise ValueError("the model has no FNC layer")
-    for layer in layers:
-        layer.alpha = FeatureNormClipping(alpha).alpha
+    for layer, value in zip(layers, layer_alphas(alpha, len(layers)), strict=True):
+        layer.alpha = value
 
 
 def recalibrate_batchnorm(
