@@ -39,10 +39,19 @@ from art_patch_defenses.models.registry import weights_path  # noqa: E402
 TARGET = CIFAR10_CLASSES.index("dog")
 
 
+def alpha_setting(text: str) -> float | list[float]:
+    """``--alpha``: one number for every FNC layer, or ``a1,a2,a3``, one per stage of 9 residual blocks."""
+    values = [float(value) for value in text.split(",")]
+    if len(values) not in (1, 3) or not all(value > 0 for value in values):
+        raise argparse.ArgumentTypeError(f"one positive alpha or three (a1,a2,a3, one per stage), got {text!r}")
+    return values[0] if len(values) == 1 else [value for value in values for _ in range(9)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--alpha", type=float, default=1.2)
+    parser.add_argument("--alpha", type=alpha_setting, default=1.2,
+                        help="one alpha, or one per stage of 9 blocks as a1,a2,a3 (fnc_alpha_tuning.py's candidates)")
     parser.add_argument("--n-fnc", type=int, default=None, help="FNC layers (default: every block)")
     parser.add_argument("--patch-train-n", type=int, default=1000)
     parser.add_argument("--advp-passes", type=int, default=15, help="AdvP passes over the patch training set")

@@ -1,0 +1,151 @@
+"""FNC alpha per stage, chosen on training images: clean and universal-patch accuracy of candidate settings.
+
+Model: the fine-tuned ResNet-56 (``checkpoints/cifar10_resnet56_finetuned.pt``) with its own BatchNorm statistics
+(``benchmarks/results/fnc_alpha_sweep.json``: re-estimating them never helped this model), FNC after all 27
+residual blocks with one alpha per stage of 9 blocks (``inf``: that stage is not clipped). A candidate is
+``a1,a2,a3``; ``inf,inf,inf`` is the undefended model.
+
+Data: training images only, so the choice never sees the test split. Universal patches are trained on 1,000
+class-balanced training images (seed 1, as ``fnc_cifar10.py``) and evaluated on 1,000 other class-balanced
+training images (seed 2), pasted at a uniformly random place per image (seed 2). The model was fine-tuned on every
+training image, so clean accuracy there runs higher than on test images: compare candidates by their clean drop
+against the undefended model and by their gains on the same images.
+
+Attacks (``fnc_cifar10.py``'s): 10x10 patches (10%) targeted at "dog", trained white-box against each candidate:
+AdvP (ART ``AdversarialPatchPyTorch``, 15 passes, lr 0.1) and LaVAN (``lavan_patch``, 250 steps of 0.01).
+The chosen candidate has the largest worst-case gain (the smaller of the AdvP and LaVAN gains over undefended)
+among those whose clean drop is at most ``--max-clean-drop``.
+
+Each candidate's figures are kept under ``outputs/benchmarks/fnc_alpha_tuning/`` as it finishes, so an interrupted
+run resumes. Run: ``.venv/bin/python benchmarks/fnc_alpha_tuning.py`` (about 5 minutes per candidate on one
+thread); writes ``benchmarks/results/fnc_alpha_tuning.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, accuracy, write_result  # noqa: E402
+
+from art_patch_defenses.attacks import adversarial_patch, lavan_patch  # noqa: E402
+from art_patch_defenses.data import CIFAR10_CLASSES, balanced_subset, load_dataset  # noqa: E402
+from art_patch_defenses.fnc import fnc_classifier  # noqa: E402
+from art_patch_defenses.geometry import paste_patch, patch_shape, random_locations  # noqa: E402
+from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
+from art_patch_defenses.models.registry import weights_path  # noqa: E402
+
+TARGET = CIFAR10_CLASSES.index("dog")
+STAGES, BLOCKS_PER_STAGE = 3, 9
+CANDIDATES = ("inf,inf,inf", "1.2,1.2,1.2", "1.5,1.5,1.5", "2.0,2.0,2.0", "inf,inf,1.2", "2.0,2.0,1.2",
+              "2.0,1.5,1.2", "inf,2.0,1.0", "2.0,2.0,1.0", "1.5,1.5,1.0")
+STORE = ROOT / "outputs" / "benchmarks" / "fnc_alpha_tuning"
+
+
+def stage_alphas(candidate: str) -> list[float]:
+    """``a1,a2,a3`` -> one alpha per stage."""
+    values = [float(value) for value in candidate.split(",")]
+    if len(values) != STAGES or not all(value > 0 for value in values):
+        raise ValueError(f"a candidate is {STAGES} positive alphas a1,a2,a3 (inf: no clipping), got {candidate!r}")
+    return values
+
+
+def split_training_images(patch_n: int, eval_n: int):
+    """The patch-training images (``load_dataset`` train, seed 1) and ``eval_n`` other class-balanced training
+    images (seed 2)."""
+    train = load_dataset("cifar10", "train")
+    patch_index = balanced_subset(train.y, patch_n, seed=1)
+    rest = np.setdiff1d(np.arange(len(train.y)), patch_index)
+    eval_index = rest[balanced_subset(train.y[rest], eval_n, seed=2)]
+    return (train.x[patch_index], train.y[patch_index]), (train.x[eval_index], train.y[eval_index])
+
+
+def evaluate(classifier, patch_set, eval_set, locations, shape, args) -> dict:
+    """Clean accuracy and, per attack, accuracy and target rate under a patch trained against ``classifier``."""
+    (x_patch, y_patch), (x_eval, y_eval) = patch_set, eval_set
+    figures = {"clean": accuracy(classifier, x_eval, y_eval)}
+    start = time.time()
+    patches = {
+        "advp": adversarial_patch(classifier, x_patch, y_patch, patch_size=shape, target=TARGET,
+                                  max_iter=args.advp_passes, learning_rate=0.1, batch_size=64),
+        "lavan": lavan_patch(classifier, x_patch, y_patch, patch_size=shape, target=TARGET,
+                             max_iter=args.lavan_steps, step_size=0.01, batch_size=64, seed=3),
+    }
+    for name, patch in patches.items():
+        patched, _ = paste_patch(x_eval, patch, locations)
+        labels = classifier.predict(patched).argmax(1)
+        figures[name] = float(np.mean(labels == y_eval))
+        figures[f"{name}_target_rate"] = float(np.mean(labels == TARGET))
+    figures["seconds"] = round(time.time() - start, 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    parser.add_argument("--patch-train-n", type=int, default=1000)
+    parser.add_argument("--eval-n", type=int, default=1000)
+    parser.add_argument("--advp-passes", type=int, default=15)
+    parser.add_argument("--lavan-steps", type=int, default=250)
+    parser.add_argument("--max-clean-drop", type=float, default=0.015)
+    args = parser.parse_args()
+    alphas = {candidate: stage_alphas(candidate) for candidate in args.candidates}
+    if "inf,inf,inf" not in alphas:
+        parser.error("the candidates must include inf,inf,inf (the undefended model the gains are measured from)")
+
+    weights = weights_path("cifar_resnet56", "finetuned")
+    undefended = make_classifier(build_model("cifar_resnet56", "finetuned"), "cifar_resnet56")
+    patch_set, eval_set = split_training_images(args.patch_train_n, args.eval_n)
+    shape = patch_shape(0.1, eval_set[0].shape[2:])
+    locations = random_locations(len(eval_set[1]), eval_set[0].shape[2:], shape, seed=2)
+    settings = {"weights_sha256": sha256_of(weights), "patch_train_n": args.patch_train_n, "eval_n": args.eval_n,
+                "advp_passes": args.advp_passes, "lavan_steps": args.lavan_steps}
+    STORE.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for candidate, values in alphas.items():
+        stored = STORE / f"{candidate.replace(',', '_')}.json"
+        if stored.is_file() and json.loads(stored.read_text())["settings"] == settings:
+            figures[candidate] = json.loads(stored.read_text())["figures"]
+            continue
+        torch.manual_seed(0)
+        per_layer = [value for value in values for _ in range(BLOCKS_PER_STAGE)]
+        classifier = undefended if all(math.isinf(v) for v in values) else fnc_classifier(undefended, per_layer)
+        figures[candidate] = evaluate(classifier, patch_set, eval_set, locations, shape, args)
+        stored.write_text(json.dumps({"settings": settings, "figures": figures[candidate]}, indent=2) + "\n")
+        print(candidate, figures[candidate], flush=True)
+
+    base = figures["inf,inf,inf"]
+    results: dict = {}
+    for candidate, found in figures.items():
+        key = candidate.replace(",", "_")
+        results[f"clean_accuracy_{key}"] = found["clean"]
+        results[f"adversarial_accuracy_{key}_advp"] = found["advp"]
+        results[f"adversarial_accuracy_{key}_lavan"] = found["lavan"]
+        results[f"clean_drop_{key}"] = round(base["clean"] - found["clean"], 4)
+        results[f"worst_gain_{key}"] = round(min(found["advp"] - base["advp"], found["lavan"] - base["lavan"]), 4)
+    allowed = [c for c in figures if c != "inf,inf,inf" and base["clean"] - figures[c]["clean"] <= args.max_clean_drop]
+    results["chosen"] = max(allowed, key=lambda c: results[f"worst_gain_{c.replace(',', '_')}"], default=None)
+    config = {
+        "model": "cifar_resnet56", "weights": weights.name, **settings,
+        "fnc": "one alpha per stage of 9 residual blocks (27 FNC layers); the model's own BN statistics",
+        "data": f"training images only: patches trained on {args.patch_train_n} class-balanced (seed 1), evaluated "
+                f"on {args.eval_n} others (class-balanced, seed 2), random place per image (seed 2)",
+        "attacks": "fnc_cifar10.py's AdvP and LaVAN, 10x10 targeted at dog, trained against each candidate",
+        "choice": f"largest worst-case gain (min of AdvP and LaVAN) with clean drop <= {args.max_clean_drop}",
+        "seconds": {candidate: found["seconds"] for candidate, found in figures.items()},
+    }
+    write_result("fnc_alpha_tuning", config, results,
+                 images={key: args.eval_n for key in results if key.startswith(("clean_accuracy", "adversarial"))})
+
+
+if __name__ == "__main__":
+    main()
