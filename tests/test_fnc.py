@@ -110,6 +110,9 @@ def test_per_layer_alpha_goes_to_the_modules_in_forward_order():
         assert torch.equal(insert_fnc(model, [math.inf] * (len(blocks) - 1) + [0.8])(x), last_only)
         assert torch.equal(insert_fnc(model, (math.inf, math.inf, 0.8), n_fnc=3)(x), last_only)
         assert not torch.equal(insert_fnc(model, [0.8] + [math.inf] * (len(blocks) - 1))(x), last_only)
+        named = insert_fnc(model, [0.8, math.inf], insertion_points=[blocks[-1], blocks[0]])  # module order
+    assert [layer.alpha for layer in fnc_layers(named)] == [0.8, math.inf]
+    assert named.get_submodule(blocks[0]).fnc.alpha == 0.8
     with pytest.raises(ValueError, match="alpha has 2 values for 9 FNC layers"):
         insert_fnc(model, [1.0, 1.2])
     with pytest.raises(ValueError, match="alpha must be positive"):

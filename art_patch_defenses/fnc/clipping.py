@@ -137,7 +137,8 @@ def insert_fnc(
     """Return a copy of ``model`` with an FNC layer after each chosen module; ``model`` is left untouched.
 
     :param alpha: clipping parameter (paper: 1.0-1.1 on ImageNet, 1.2 on CIFAR-10), or one per chosen module in
-        forward order (e.g. looser clipping in the early blocks, where it costs clean accuracy).
+        module order, which is forward order for the supported CNNs (e.g. looser clipping in the early blocks,
+        where it costs clean accuracy).
     :param n_fnc: clip only this many of the cascaded modules (the last, and the rest evenly spaced);
         default: all of them.
     :param insertion_points: module names (as in ``model.named_modules()``) to clip after, for models whose
@@ -149,7 +150,9 @@ def insert_fnc(
     """
     clipped = copy.deepcopy(model)
     modules = dict(clipped.named_modules())
-    names = chosen_modules(clipped, n_fnc, insertion_points)
+    position = {name: index for index, name in enumerate(modules)}
+    # Per-layer alphas follow module order, as set_alpha and fnc_layers do, whatever order insertion_points name.
+    names = sorted(chosen_modules(clipped, n_fnc, insertion_points), key=position.__getitem__)
     for name, value in zip(names, layer_alphas(alpha, len(names)), strict=True):
         module = modules[name]
         if hasattr(module, "fnc"):
