@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import accuracy, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import MaskedAutoPGD, adversarial_patch, masked_pgd  # noqa: E402
+from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.geometry import (  # noqa: E402
     expand_masks,
@@ -63,6 +64,7 @@ def main() -> None:
 
     universal_shape = patch_shape(0.1, image_hw)
     start = time.time()
+    seed_art_random_start(0)  # ART draws AdvP's placements and batches from the global generators
     patch = adversarial_patch(
         classifier, train.x, train.y, patch_size=universal_shape, max_iter=args.patch_epochs, learning_rate=0.1,
         batch_size=64,
@@ -76,11 +78,12 @@ def main() -> None:
                          test.x)
     start = time.time()
     x_pgd = masked_pgd(classifier, test.x, masks, test.y, eps=1.0, eps_step=0.05, max_iter=args.pgd_iter,
-                       num_random_init=1, batch_size=125)
+                       num_random_init=1, batch_size=125, seed=0)
     results["adversarial_accuracy_masked_pgd_5pct"] = accuracy(classifier, x_pgd, test.y)
     timings["masked_pgd"] = time.time() - start
 
     start = time.time()
+    seed_art_random_start(0)  # AutoPGD's random start
     x_apgd = MaskedAutoPGD(classifier, eps=1.0, eps_step=0.25, max_iter=args.apgd_iter, batch_size=125).generate(
         test.x, test.y, masks
     )

@@ -31,13 +31,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, accuracy, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import adversarial_patch, lavan_patch  # noqa: E402
+from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
 from art_patch_defenses.data import CIFAR10_CLASSES, balanced_subset, load_dataset  # noqa: E402
 from art_patch_defenses.fnc import fnc_classifier  # noqa: E402
 from art_patch_defenses.geometry import paste_patch, patch_shape, random_locations  # noqa: E402
@@ -74,6 +74,7 @@ def evaluate(classifier, patch_set, eval_set, locations, shape, args) -> dict:
     (x_patch, y_patch), (x_eval, y_eval) = patch_set, eval_set
     figures = {"clean": accuracy(classifier, x_eval, y_eval)}
     start = time.time()
+    seed_art_random_start(0)  # ART draws AdvP's placements and batches from the global generators
     patches = {
         "advp": adversarial_patch(classifier, x_patch, y_patch, patch_size=shape, target=TARGET,
                                   max_iter=args.advp_passes, learning_rate=0.1, batch_size=64),
@@ -108,7 +109,7 @@ def main() -> None:
     shape = patch_shape(0.1, eval_set[0].shape[2:])
     locations = random_locations(len(eval_set[1]), eval_set[0].shape[2:], shape, seed=2)
     settings = {"weights_sha256": sha256_of(weights), "patch_train_n": args.patch_train_n, "eval_n": args.eval_n,
-                "advp_passes": args.advp_passes, "lavan_steps": args.lavan_steps}
+                "advp_passes": args.advp_passes, "lavan_steps": args.lavan_steps, "art_random_seed": 0}
     STORE.mkdir(parents=True, exist_ok=True)
     figures = {}
     for candidate, values in alphas.items():
@@ -116,7 +117,6 @@ def main() -> None:
         if stored.is_file() and json.loads(stored.read_text())["settings"] == settings:
             figures[candidate] = json.loads(stored.read_text())["figures"]
             continue
-        torch.manual_seed(0)
         per_layer = [value for value in values for _ in range(BLOCKS_PER_STAGE)]
         classifier = undefended if all(math.isinf(v) for v in values) else fnc_classifier(undefended, per_layer)
         figures[candidate] = evaluate(classifier, patch_set, eval_set, locations, shape, args)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import accuracy, median_predict_seconds, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import adversarial_patch, lavan_patch  # noqa: E402
+from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
 from art_patch_defenses.data import CIFAR10_CLASSES, load_dataset  # noqa: E402
 from art_patch_defenses.fnc import fnc_classifier  # noqa: E402
 from art_patch_defenses.geometry import paste_patch, patch_area_fraction, patch_shape, random_locations  # noqa: E402
@@ -88,6 +89,7 @@ def main() -> None:
     rows = (("fnc", defended),) if args.defended_only else (("undefended", undefended), ("fnc", defended))
     for label, classifier in rows:
         start = time.time()
+        seed_art_random_start(0)  # ART draws AdvP's placements and batches from the global generators
         patch = adversarial_patch(
             classifier, patch_train.x, patch_train.y, patch_size=shape, target=TARGET, max_iter=args.advp_passes,
             learning_rate=0.1, batch_size=64,
@@ -137,6 +139,7 @@ def main() -> None:
             "advp": {
                 "implementation": "art.attacks.evasion.AdversarialPatchPyTorch (rotation 0, fixed scale, Adam)",
                 "learning_rate": 0.1, "passes": args.advp_passes, "batch_size": 64,
+                "random_seed": "seed_art_random_start(0) before each patch",
             },
             "lavan": {
                 "implementation": "art_patch_defenses.attacks.lavan_patch (signed gradient, random integer "

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, accuracy, chunk_seconds, evaluate_command, median_predict_seconds, run_evaluate, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import MaskedAutoPGD, masked_pgd  # noqa: E402
+from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.evaluation.metrics import mask_precision_recall_f1  # noqa: E402
 from art_patch_defenses.geometry import expand_masks, patch_masks, patch_shape, random_locations  # noqa: E402
@@ -138,6 +139,7 @@ def main() -> None:
     results["adversarial_accuracy_patchzero_bpda_mpgd"] = accuracy(bpda_classifier, x_bpda, test.y)
 
     start = time.time()
+    seed_art_random_start(0)  # AutoPGD's random start
     x_mapgd = MaskedAutoPGD(bpda_classifier, eps=0.3, eps_step=0.1, max_iter=args.mapgd_iter, batch_size=125
                             ).generate(test.x, test.y, mask)
     seconds["mapgd_patchzero_bpda"] = round(time.time() - start, 1)

@@ -20,14 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import ROOT, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import placement_scan, random_search_patch  # noqa: E402
-from art_patch_defenses.attacks.ensemble import _window_masks, find_patch_detector, patchzero_joint_pgd  # noqa: E402
+from art_patch_defenses.attacks.ensemble import find_patch_detector, patchzero_joint_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.evaluation.runner import build_estimator  # noqa: E402
+from art_patch_defenses.geometry import expand_masks, patch_masks, random_locations  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "configs" / "leaderboard" / "cifar10_patchzero.json"
 DOWNSTREAM = {"finetuned": "finetuned", "mask_trained": "cifar10_resnet20_patchcleanser.pt"}
 N, DATA_SEED, SEED, SHAPE, SCAN_STRIDE, QUERIES = 100, 7, 0, (5, 5), 2, 300
@@ -37,9 +37,7 @@ def main() -> None:
     torch.set_num_threads(1)
     data = load_dataset("cifar10", "train", n=N, seed=DATA_SEED)
     x, y = data.x, data.y
-    rng = np.random.default_rng(SEED)
-    places = np.stack([rng.integers(0, 33 - SHAPE[0], N), rng.integers(0, 33 - SHAPE[1], N)], axis=1)
-    random_place = np.broadcast_to(_window_masks((32, 32), SHAPE, places)[:, None], x.shape).astype(np.float32)
+    random_place = expand_masks(patch_masks((32, 32), SHAPE, random_locations(N, (32, 32), SHAPE, seed=SEED)), x)
     results: dict = {}
     for name, weights in DOWNSTREAM.items():
         config = json.loads(CONFIG.read_text())
@@ -52,7 +50,7 @@ def main() -> None:
 
         start = time.time()
         x_scan, scan_masks = placement_scan(estimator, x, y, SHAPE, SCAN_STRIDE, seed=SEED, batch_size=100)
-        scanned_place = np.broadcast_to(scan_masks[:, None], x.shape).astype(np.float32)
+        scanned_place = expand_masks(scan_masks, x)
         outcomes = {
             "clean": right(x),
             "joint_random_place_step0.01x100": right(patchzero_joint_pgd(estimator, patchzero, x, random_place, y,
