@@ -4,6 +4,7 @@ import torch
 from scipy.stats import norm
 
 from art_patch_defenses.mrs import PyTorchMRS, from_255, localize
+from art_patch_defenses.mrs.localization import ambiguous, region_mask
 from art_patch_defenses.mrs.smoothing import (
     certified_radius,
     lower_confidence_bound,
@@ -65,6 +66,17 @@ def test_localisation_finds_a_pasted_high_contrast_patch():
     image[:, 24:29, 2:7] = 1.0
     twice = localize(image, lambda b: white_pixels_mrs(50).predict_base(b).argmax(1), block=5, tau=8)
     assert twice.abstain
+
+
+def test_region_and_abstain_rules_hand_computed():
+    # The block widened by the margin, cut at the border: rows 0-7 (block 0-4 plus 3), columns 25-31.
+    mask = region_mask((32, 32), (0, 28), block=5, margin=3)
+    assert mask.sum() == 8 * 7 and mask[:8, 25:].all()
+    scores = np.zeros((6, 6))
+    scores[0, 0] = scores[1, 1] = 9  # diagonal neighbours: one group
+    assert not ambiguous(scores, 8)
+    scores[4, 4] = 9  # a second group
+    assert ambiguous(scores, 8) and not ambiguous(scores, 9)
 
 
 def test_certify_is_reproducible_under_a_seed_and_validates(mnist_classifier, mnist_test):

@@ -67,6 +67,21 @@ def template_scores(votes: np.ndarray, reach: int) -> np.ndarray:
     return horizontal + vertical - votes
 
 
+def region_mask(shape: tuple[int, int], location: tuple[int, int], block: int, margin: int) -> np.ndarray:
+    """The localised region ``(H, W)``: the ``block``-sided square at ``location`` (top-left), widened by
+    ``margin`` pixels on every side and cut at the image border."""
+    row, col = location
+    mask = np.zeros(shape, dtype=bool)
+    mask[max(0, row - margin) : row + block + margin, max(0, col - margin) : col + block + margin] = True
+    return mask
+
+
+def ambiguous(scores: np.ndarray, tau: float) -> bool:
+    """The abstain rule: the positions scoring above ``tau`` form more than one connected group (8-connected)."""
+    _, groups = ndimage.label(scores > tau, structure=np.ones((3, 3)))
+    return groups > 1
+
+
 def localize(
     image: np.ndarray,
     classify: Callable[[np.ndarray], np.ndarray],
@@ -91,9 +106,7 @@ def localize(
     attacked_class = int(np.bincount(labels).argmax())
     scores = template_scores(prediction_map != attacked_class, (block - overlap) // stride)
     i, j = np.unravel_index(int(scores.argmax()), scores.shape)
-    _, regions = ndimage.label(scores > tau, structure=np.ones((3, 3)))
-    row, col = rows[i], cols[j]
-    mask = np.zeros((height, width), dtype=bool)
-    mask[max(0, row - margin) : row + block + margin, max(0, col - margin) : col + block + margin] = True
-    return Localization(mask=mask, location=(row, col), abstain=regions > 1, prediction_map=prediction_map,
-                        scores=scores, attacked_class=attacked_class)
+    location = (rows[i], cols[j])
+    return Localization(mask=region_mask((height, width), location, block, margin), location=location,
+                        abstain=ambiguous(scores, tau), prediction_map=prediction_map, scores=scores,
+                        attacked_class=attacked_class)
