@@ -244,6 +244,36 @@ def test_models_builds_mask_ds_as_robust_masking_does():
     torch.testing.assert_close(first[:, :, 1:-1, 1:-1], second[:, :, 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
 
 
+def test_distillation_follows_the_teacher_where_it_disagrees_with_the_labels():
+    """With the whole loss on distillation the student learns the teacher's classes, not the labels; a teacher
+    that does not fit the data is refused before any step."""
+    from art_patch_defenses.models.training import train_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (64, 1, 4, 4)).astype(np.float32)
+    y = np.zeros(64, dtype=np.int64)
+    teacher = np.where(x.mean(axis=(1, 2, 3)) > 0.5, 1.0, -1.0)[:, None] * np.array([[-5.0, 5.0]])
+    follows_teacher = teacher.argmax(1)
+    assert 0 < follows_teacher.mean() < 1
+
+    def trained(**distillation):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+        train_classifier(model, x, y, (0.5,), (0.25,), epochs=60, lr=0.1, batch_size=16, augment=False,
+                         verbose=False, **distillation)
+        with torch.no_grad():
+            return model((torch.from_numpy(x) - 0.5) / 0.25).argmax(1).numpy()
+
+    assert np.all(trained() == 0)
+    assert np.mean(trained(teacher_logits=teacher, distill_weight=1.0, temperature=2.0) == follows_teacher) > 0.9
+    for bad, message in ((teacher[:10], "teacher_logits must be finite"), (teacher * np.nan, "must be finite")):
+        with pytest.raises(ValueError, match=message):
+            train_classifier(torch.nn.Linear(16, 2), x, y, (0.5,), (0.25,), teacher_logits=bad, verbose=False)
+    with pytest.raises(ValueError, match="distill_weight must be in"):
+        train_classifier(torch.nn.Linear(16, 2), x, y, (0.5,), (0.25,), teacher_logits=teacher, distill_weight=0,
+                         verbose=False)
+
+
 # --- Checkpoint files that cannot be used say so, naming the file ---------------------------------------------------
 
 class NotATensor:
@@ -482,6 +512,13 @@ def test_an_unwritable_out_stops_a_training_command_before_it_starts(tmp_path, c
      "--init: expected model:weights (e.g. cifar_resnet20:finetuned) or a .pt file, got 'cifar_resnet20'"),
     ("art_patch_defenses.robust_masking.train", ["--backbone", "bagnet", "--init", "cifar10_robust_masking_ds.pt"],
      "holds a 'ds' backbone, not the --backbone 'bagnet' to train"),
+    ("art_patch_defenses.robust_masking.train", ["--distill-from", "cifar_resnet56"],
+     "--distill-from: expected model:weights (e.g. cifar_resnet56:finetuned), got 'cifar_resnet56'"),
+    ("art_patch_defenses.robust_masking.train", ["--distill-from", "cifar_resnet56:finetuned", "--distill-weight",
+                                                 "0"], "--distill-weight 0 with --distill-from distils nothing"),
+    ("art_patch_defenses.robust_masking.train", ["--temperature", "0"], "argument --temperature: must be a positive"),
+    ("art_patch_defenses.robust_masking.train", ["--holdout", "-1"],
+     "argument --holdout: must be a non-negative integer"),
     ("art_patch_defenses.patchzero.train", ["--batch-size", "1"],
      "argument --batch-size: must be an integer >= 2 (half of each stage-2 batch is attacked), got 1"),
     ("art_patch_defenses.patchzero.train", ["--stage2-step-min", "0.5"],
@@ -516,7 +553,8 @@ def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path, capsys, 
         holdout_split(SimpleNamespace(y=labels), 30)
     if not (SHARED / "data" / "cifar10").is_dir():
         pytest.skip("the CIFAR-10 command needs ../shared")
-    for module in ("art_patch_defenses.scalecert.train", "art_patch_defenses.patchcleanser.train"):
+    for module in ("art_patch_defenses.scalecert.train", "art_patch_defenses.patchcleanser.train",
+                   "art_patch_defenses.robust_masking.train"):
         status, err = run_command(module, ["--holdout", "50000", "--out", str(tmp_path / "model.pt")], capsys)
         assert status == 2 and "error: --holdout must leave training images: got 50000 of the 50000" in err, err
         assert list(tmp_path.iterdir()) == []

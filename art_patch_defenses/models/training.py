@@ -75,6 +75,9 @@ def train_classifier(
     seed: int = 0,
     verbose: bool = True,
     log: Callable[[str], None] | None = None,
+    teacher_logits: np.ndarray | None = None,
+    distill_weight: float = 0.5,
+    temperature: float = 4.0,
 ) -> nn.Module:
     """Train ``model`` with SGD (momentum 0.9, Nesterov) and a cosine learning-rate schedule.
 
@@ -87,6 +90,10 @@ def train_classifier(
     :param loss_fn: ``loss_fn(model, normalised_batch, labels) -> (loss, logits)`` for a method's own
         objective; default: cross-entropy of ``model(batch)``.
     :param log: called with one line per epoch (loss, accuracy, seconds).
+    :param teacher_logits: ``(N, classes)`` logits of a teacher on ``x`` (un-augmented): knowledge distillation
+        (Hinton et al., 2015), the loss becomes ``(1 - distill_weight) * loss + distill_weight * T^2 *
+        KL(softmax(teacher / T) || softmax(logits / T))`` with ``T = temperature``; the logits are those the
+        loss returns (for band training, the band's).
     :param seed: seeds the order, crops and ``batch_transform`` draws; a run that continues a checkpoint should
         take a new one, or it replays the earlier run's first epochs image for image.
     :return: the trained model, in eval mode.
@@ -95,6 +102,14 @@ def train_classifier(
         raise ValueError("x is empty: nothing to train on")
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    if teacher_logits is not None:
+        if teacher_logits.ndim != 2 or len(teacher_logits) != len(x) or not np.all(np.isfinite(teacher_logits)):
+            raise ValueError(f"teacher_logits must be finite (N, classes) with N = {len(x)}, got shape "
+                             f"{teacher_logits.shape}")
+        if not (0.0 < distill_weight <= 1.0 and temperature > 0):
+            raise ValueError(f"distill_weight must be in (0, 1] and temperature > 0, got {distill_weight}, "
+                             f"{temperature}")
+        teacher_all = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
@@ -119,6 +134,10 @@ def train_classifier(
                 loss = F.cross_entropy(logits, labels)
             else:
                 loss, logits = loss_fn(model, normalise(batch, mean, std), labels)
+            if teacher_logits is not None:
+                distilled = F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                                     F.softmax(teacher_all[index] / temperature, dim=1), reduction="batchmean")
+                loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * distilled
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
