@@ -524,6 +524,8 @@ def test_an_unwritable_out_stops_a_training_command_before_it_starts(tmp_path, c
     ("art_patch_defenses.patchzero.train", ["--stage2-step-min", "0.5"],
      "--stage2-step-min 0.5 exceeds --stage2-step-size 0.1"),
     ("art_patch_defenses.patchzero.train", ["--train-n", "0"], "argument --train-n: must be a positive integer"),
+    ("art_patch_defenses.patchzero.train", ["--stage2-joint", "2"],
+     "argument --stage2-joint: must be a probability in [0, 1], got 2.0"),
     ("art_patch_defenses.patchzero.train", ["--weights", "nonsense"], "--weights: weights 'nonsense' is neither"),
     ("art_patch_defenses.models.finetune", ["--depth", "20", "--batch-size", "0"], "argument --batch-size: must be"),
     ("art_patch_defenses.models.train_embedded", ["--threads", "0"], "argument --threads: must be a positive integer"),

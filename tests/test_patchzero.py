@@ -185,6 +185,33 @@ def test_checkpoint_round_trip_and_training_loss(tmp_path):
         PatchZero.from_checkpoint(tmp_path / "bare.pt")
 
 
+@pytest.mark.parametrize("joint", [0.0, 1.0])
+def test_stage2_attacks_with_the_joint_loss_when_asked(network, tmp_path, monkeypatch, joint):
+    import art_patch_defenses.patchzero.training as training
+
+    calls = []
+    real = training.patchzero_joint_pgd
+
+    def spy(estimator, patchzero, *args, **kwargs):
+        calls.append(patchzero)
+        return real(estimator, patchzero, *args, **kwargs)
+
+    monkeypatch.setattr(training, "patchzero_joint_pgd", spy)
+    torch.manual_seed(0)
+    start = tmp_path / "start.pt"
+    save_checkpoint(build_detector(), start, detector={}, fill_value=list(FILL))
+    config = training.PatchZeroTrainingConfig(stage2_steps=2, stage2_pgd_iter=1, batch_size=4, init_from=str(start),
+                                              stage2_joint=joint, checkpoint_every=10)
+    x, y = images(8), np.arange(8) % 10
+    training.train_patchzero(make_classifier(network, "cifar_resnet20"), x, y, list(FILL), tmp_path / "work",
+                             config, verbose=False)
+    assert len(calls) == (2 if joint else 0)
+    assert all(callable(getattr(found, "detector_probability", None)) for found in calls)
+    with pytest.raises(ValueError, match="stage2_joint is a share"):
+        training.train_patchzero(None, x, y, list(FILL), tmp_path / "bad",
+                                 training.PatchZeroTrainingConfig(stage2_joint=1.5), verbose=False)
+
+
 def test_training_logs_through_logging_not_print(caplog):
     import ast
     import inspect

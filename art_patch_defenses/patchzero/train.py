@@ -45,6 +45,7 @@ _CONFIG_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "stage2_step_size": (lambda v: 0 < v < float("inf"), "a positive number"),
     "stage2_step_min": (lambda v: 0 < v < float("inf"), "a positive number"),
     "stage2_random_init": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+    "stage2_joint": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
     "batch_size": (lambda v: v >= 2, "an integer >= 2 (half of each stage-2 batch is attacked)"),
     "learning_rate": (lambda v: 0 < v < float("inf"), "a positive number"),
     "dilation": (lambda v: v >= 0, "a non-negative integer"),

@@ -5,7 +5,9 @@ random location and size per image, computed once; the detector trains on benign
 equally. Stage 2: at every step, half the batch is attacked online with BPDA masked PGD against the
 classifier defended by the current detector, and the detector trains on that batch. The stage-2 step size is
 drawn log-uniformly per step and the attack starts from the clean image or a random patch: PGD from the clean
-image with small steps makes low-contrast patches that a detector trained only on random starts misses.
+image with small steps makes low-contrast patches that a detector trained only on random starts misses. A share
+``stage2_joint`` of the stage-2 steps attacks with the evaluation's joint adaptive loss instead (the classifier's
+loss through BPDA minus the detector's probability inside the patch: patches made to hide from the detector).
 
 Training state (detector, optimizer, stage, step) is saved after every epoch / every ``checkpoint_every``
 steps and ``resume=True`` continues from it.
@@ -25,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from art_patch_defenses.attacks import MaskedAutoPGD, masked_pgd
+from art_patch_defenses.attacks.ensemble import find_patch_detector, patchzero_joint_pgd
 from art_patch_defenses.geometry import expand_masks, patch_masks, random_locations
 from art_patch_defenses.models.checkpoints import sha256_of
 from art_patch_defenses.patchzero.detector import build_detector, detector_loss
@@ -38,8 +41,9 @@ class PatchZeroTrainingConfig:
     """Settings of the two-stage training (sizes in pixels of a side, budgets in [0, 1] pixel units).
 
     Stage 2 draws its PGD step log-uniformly in ``[stage2_step_min, stage2_step_size]`` and starts from a random
-    patch with probability ``stage2_random_init`` (else from the clean image). ``init_from``: a detector
-    checkpoint to continue from; stage 1 is then skipped.
+    patch with probability ``stage2_random_init`` (else from the clean image); with probability ``stage2_joint`` a
+    step attacks with the joint adaptive loss (:func:`~art_patch_defenses.attacks.ensemble.patchzero_joint_pgd`,
+    from a random patch) instead. ``init_from``: a detector checkpoint to continue from; stage 1 is then skipped.
     """
 
     patch_side_min: int = 4
@@ -53,6 +57,7 @@ class PatchZeroTrainingConfig:
     stage2_step_size: float = 0.1
     stage2_step_min: float = 0.02
     stage2_random_init: float = 0.5
+    stage2_joint: float = 0.0
     batch_size: int = 64
     learning_rate: float = 1e-3
     dilation: int = 1
@@ -143,6 +148,8 @@ def train_patchzero(
     if not 0 < config.stage2_step_min <= config.stage2_step_size:
         raise ValueError(f"need 0 < stage2_step_min <= stage2_step_size, got {config.stage2_step_min}, "
                          f"{config.stage2_step_size}")
+    if not 0.0 <= config.stage2_joint <= 1.0:
+        raise ValueError(f"stage2_joint is a share of the stage-2 steps, in [0, 1], got {config.stage2_joint}")
     if config.init_from:
         start_from = PatchZero.from_checkpoint(config.init_from, fill_value=fill_value)  # sha256-checked
         detector.load_state_dict(start_from.detector.state_dict())
@@ -195,11 +202,19 @@ def train_patchzero(
         masks = random_patch_masks(half, x_batch.shape[2:], config.patch_side_min, config.patch_side_max, rng)
         detector.eval()
         step_size = float(np.exp(rng.uniform(np.log(config.stage2_step_min), np.log(config.stage2_step_size))))
-        x_batch[:half] = masked_pgd(
-            defended, x_batch[:half], expand_masks(masks, x_batch[:half]), y_train[index[:half]], eps=1.0,
-            eps_step=step_size, max_iter=config.stage2_pgd_iter,
-            num_random_init=int(rng.random() < config.stage2_random_init), batch_size=half, verbose=False,
-        )
+        # drawn only when used, so runs without the joint attack keep their recorded random stream
+        if config.stage2_joint > 0 and rng.random() < config.stage2_joint:
+            x_batch[:half] = patchzero_joint_pgd(
+                defended, find_patch_detector(defended), x_batch[:half], expand_masks(masks, x_batch[:half]),
+                y_train[index[:half]], eps_step=step_size, max_iter=config.stage2_pgd_iter,
+                seed=int(rng.integers(2**31)),
+            )
+        else:
+            x_batch[:half] = masked_pgd(
+                defended, x_batch[:half], expand_masks(masks, x_batch[:half]), y_train[index[:half]], eps=1.0,
+                eps_step=step_size, max_iter=config.stage2_pgd_iter,
+                num_random_init=int(rng.random() < config.stage2_random_init), batch_size=half, verbose=False,
+            )
         m_batch = np.concatenate([masks, np.zeros((config.batch_size - half, *masks.shape[1:]), dtype=bool)])
         losses.append(_train_step(detector, optimizer, x_batch, m_batch))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
