@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe.update(teacher_logits=teacher_logits_on(args.distill_from, x_fit),
                       distill_weight=args.distill_weight, temperature=args.temperature)
         recorded = {"distill_from": args.distill_from, "distill_weight": args.distill_weight,
-                        "temperature": args.temperature}
+                    "temperature": args.temperature}
     if args.holdout:
         recorded["holdout"] = args.holdout
     if args.backbone in DS_KINDS:
