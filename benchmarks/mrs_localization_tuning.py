@@ -13,8 +13,8 @@ Stage 1 (cheap, every setting): for each block side, the localisation of every c
 (``mrs.localization.localize``: the best block and its template scores); each (tau, margin) then follows from
 those: abstain when two groups score above tau, the region is the best block widened by the margin.
 ``coverage``: not abstained and the region covers the patch.
-Stage 2 (the deciding figures): for each block side and margin, with the tau of largest coverage (ties: the
-smaller tau), ``certify`` in the found regions: ``clean_accuracy`` (clean images, abstain = wrong) and
+Stage 2 (the deciding figures): for each margin, the block side and tau of largest coverage (ties: the smaller),
+and the deployed setting, ``certify`` in the found regions: ``clean_accuracy`` (clean images, abstain = wrong) and
 ``certified_accuracy_r25_localized`` (patched images, counted only where the region covers the patch), as
 ``mrs_cifar10.py`` defines them. The chosen setting has the largest localised certified accuracy among those whose
 clean accuracy is at most ``--max-clean-drop`` below the deployed setting's (block 5, tau 8, margin 3).
@@ -127,10 +127,10 @@ def main() -> None:
                     "region_pixels": float(masks.sum(axis=(1, 2)).mean())}
 
     finalists = {DEPLOYED}
-    for block in args.blocks:
-        for margin in args.margins:
-            best = max(args.taus, key=lambda tau: (screen[(block, tau, margin)]["coverage"], -tau))
-            finalists.add((block, best, margin))
+    for margin in args.margins:  # per margin the block and tau of largest coverage (ties: smaller block, tau)
+        block, tau = max(((b, t) for b in args.blocks for t in args.taus),
+                         key=lambda bt: (screen[(bt[0], bt[1], margin)]["coverage"], -bt[0], -bt[1]))
+        finalists.add((block, tau, margin))
     certified: dict = {}
     for block, tau, margin in sorted(finalists):
         name = f"block{block}_tau{tau:g}_margin{margin}"
