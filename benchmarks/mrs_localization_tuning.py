@@ -93,6 +93,7 @@ def main() -> None:
     x_adv = masked_pgd(base, x, expand_masks(true_masks, x), y, eps=1.0, eps_step=0.05, max_iter=50,
                        num_random_init=0, batch_size=250, verbose=False)
     fooled = estimator.predict_base(x_adv).argmax(1) != y
+    pgd_seconds = round(time.time() - start, 1)
     settings = {"weights_sha256": sha256_of(weights_path("cifar_resnet20", "mrs")), "n": args.n,
                 "adversarial_sha256": hashlib.sha256(x_adv.tobytes()).hexdigest()}
     STORE.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,7 @@ def main() -> None:
         "grid": {"blocks": args.blocks, "taus": args.taus, "margins": args.margins, "stride": 1, "overlap": 1},
         "choice": f"largest certified_accuracy_r25_localized with clean accuracy at most {args.max_clean_drop} "
                   f"below the deployed (block, tau, margin) = {DEPLOYED}",
-        "seconds": {"masked_pgd_and_setup": round(time.time() - start, 1),
+        "seconds": {"masked_pgd": pgd_seconds, "this_run": round(time.time() - start, 1),
                     **{f"locate_block{b}": round(float(f["seconds"]), 1) for b, f in stage1.items()},
                     **{name: f["seconds"] for name, f in certified.items()}},
     }
