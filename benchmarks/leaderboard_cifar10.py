@@ -254,6 +254,8 @@ def render(board: dict) -> None:
                                               "random_search_accuracy", "attacked_right_or_alert",
                                               "certified_recovery", "certified_detection", "region_l2_bound")]
         cells[1] += flag
+        if f"{name}_alert_is_safe" in board["pending"]:  # its detection-threat-model run is still going
+            cells[4] = f"pending: {board['pending'][f'{name}_alert_is_safe']}"
         lines.append(" | ".join([f"| {title}", *cells, f"{entry['seconds']:.0f} |"]))
     lines += ["", "![leaderboard](leaderboard.png)", ""]
     (DOCS / "leaderboard.md").write_text("\n".join(lines))
@@ -300,7 +302,10 @@ def main() -> None:
         else:
             print(f"{row}: run {status(row)}; not on the board yet", flush=True)
     board.update(threads=args.threads, environment=environment(),
-                 pending={row: progress(row) for row in ROWS if row not in board["rows"]})
+                 pending={**{row: progress(row) for row in ROWS if row not in board["rows"]},
+                          **{f"{row}_alert_is_safe": progress(f"{row}_alert_is_safe") for row in board["rows"]
+                             if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file()
+                             and "attacked_right_or_alert" not in board["rows"][row]}})
     LEADERBOARD_JSON.write_text(json.dumps(board, indent=2) + "\n")
     render(board)
     print((DOCS / "leaderboard.md").read_text())
