@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +40,27 @@ EXIT_TERMINATED = 143
 def _quiet_environment() -> None:
     """Keep caches out of the user's way and everything offline (nothing downloads weights at run time)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _prepare_art_config() -> None:
+    """Write ART's ``~/.art/config.json`` (ART's own default content) before any process imports ART.
+
+    ART 1.20 creates it on first import without a lock: torchrun ranks starting together on a machine without it
+    race, and a rank that sees the folder missing but the file present dies with ``NameError: _config``. Each rank
+    writing the file atomically (a temp file renamed into place) before its own import closes that window.
+    """
+    home = os.path.expanduser("~")
+    folder = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".art")  # ART's own choice of folder
+    config_path = os.path.join(folder, "config.json")
+    if os.path.exists(config_path):
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False, encoding="utf8") as f:
+            json.dump({"ART_DATA_PATH": os.path.join(folder, "data")}, f, indent=4)
+        os.replace(f.name, config_path)
+    except OSError:  # an unwritable home: ART warns and carries on, and so do we
+        pass
 
 
 def _positive(kind: type) -> Callable[[str], int | float]:
@@ -148,6 +171,7 @@ def _is_main_rank() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
+    _prepare_art_config()
     parser = argparse.ArgumentParser(prog="art-patch-defenses", description="Adversarial patch defences for ART")
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser("evaluate", help="run a scenario config or suite")

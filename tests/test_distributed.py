@@ -269,3 +269,22 @@ def test_verify_two_gloo_ranks_equal_one_process(tmp_path, one_thread):
     assert [report["samples"] for report in two] == [3, 4] and not any(report["violations"] for report in two)
     attack_units = sorted(path.name for path in (tmp_path / "two" / "shards" / "verify-00").glob("attack-*.json"))
     assert attack_units == ["attack-00000.json", "attack-00001.json", "attack-00002.json"]  # spread over 2 ranks
+
+
+def test_ranks_starting_together_on_a_fresh_home_all_import_art(tmp_path):
+    """ART 1.20 writes ~/.art/config.json on first import without a lock: ranks launched together on a fresh
+    machine raced and one died with ``NameError: _config``. The CLI writes the file atomically before any import."""
+    home = tmp_path / "fresh-home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    code = ("from art_patch_defenses.cli import _prepare_art_config\n"
+            "_prepare_art_config()\n"
+            "import art.config\n"
+            "print(art.config.ART_DATA_PATH)")
+    ranks = [subprocess.Popen([PYTHON, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), [err[-500:] for _, err in outputs]
+    assert {out.strip() for out, _ in outputs} == {str(home / ".art" / "data")}
+    assert json.loads((home / ".art" / "config.json").read_text()) == {"ART_DATA_PATH": str(home / ".art" / "data")}
+    assert not list((home / ".art").glob("*.tmp"))  # no temp file left behind
