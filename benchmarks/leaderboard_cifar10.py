@@ -55,6 +55,13 @@ ROWS = {
     "mrs": "MRS", "scalecert": "ScaleCert", "patchcleanser": "PatchCleanser",
 }
 EMPIRICAL = ("undefended", "fnc", "patchzero", "patchzero_masked")
+#: Rows whose run does not fit this machine, and why (shown in place of "pending" while nothing of the run exists).
+NOT_RUN = {
+    "mrs": "one MRS predict localises and smooths (about 1,800 forward passes: 3.7 s per image at one thread, "
+           "benchmarks/results/mrs_cifar10.json), so the ensemble's 100-query random search alone is 50,000 predicts "
+           "on 500 images, about 51 CPU-hours, and the white-box part judges up to 15 candidates per image with it "
+           "(up to 7.7 CPU-hours more); 2 CPU cores",
+}
 MASKING_TOLERANCE = 0.02  # random search this far below the white-box figure: the gradients mislead the attack
 CERTIFICATE_COLUMNS = {RECOVERY: "certified_recovery", DETECTION: "certified_detection", REGION_L2: "region_l2_bound"}
 
@@ -247,7 +254,9 @@ def render(board: dict) -> None:
     for name, title in ROWS.items():
         entry = rows.get(name)
         if entry is None:
-            lines.append(f"| {title} | pending: {board['pending'].get(name, 'not started')} | | | | | | | | |")
+            state = board["pending"].get(name, "not started")
+            why = f"not run: {NOT_RUN[name]}" if name in NOT_RUN and state == "not started" else f"pending: {state}"
+            lines.append(f"| {title} | {why} | | | | | | | | |")
             continue
         flag = " (gradient masking suspected)" if entry.get("gradient_masking_suspected") else ""
         cells = [cell(entry, key) for key in ("clean_accuracy", "robust_accuracy", "white_box_accuracy",
@@ -305,7 +314,8 @@ def main() -> None:
                  pending={**{row: progress(row) for row in ROWS if row not in board["rows"]},
                           **{f"{row}_alert_is_safe": progress(f"{row}_alert_is_safe") for row in board["rows"]
                              if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file()
-                             and "attacked_right_or_alert" not in board["rows"][row]}})
+                             and "attacked_right_or_alert" not in board["rows"][row]}},
+                 not_run={row: why for row, why in NOT_RUN.items() if row not in board["rows"]})
     LEADERBOARD_JSON.write_text(json.dumps(board, indent=2) + "\n")
     render(board)
     print((DOCS / "leaderboard.md").read_text())
