@@ -1,7 +1,8 @@
 """FNC alpha per stage, chosen on training images: clean and universal-patch accuracy of candidate settings.
 
 Model: the fine-tuned ResNet-56 (``checkpoints/cifar10_resnet56_finetuned.pt``) with its own BatchNorm statistics
-(``benchmarks/results/fnc_alpha_sweep.json``: re-estimating them never helped this model), FNC after all 27
+(``benchmarks/results/fnc_alpha_sweep.json``: re-estimating them moved clean accuracy on training images by at most
+0.3 points), FNC after all 27
 residual blocks with one alpha per stage of 9 blocks (``inf``: that stage is not clipped). A candidate is
 ``a1,a2,a3``; ``inf,inf,inf`` is the undefended model.
 
