@@ -57,10 +57,10 @@ ROWS = {
 EMPIRICAL = ("undefended", "fnc", "patchzero", "patchzero_masked")
 #: Rows whose run does not fit this machine, and why (shown in place of "pending" while nothing of the run exists).
 NOT_RUN = {
-    "mrs": "one MRS predict localises and smooths (about 1,800 forward passes: 3.7 s per image at one thread, "
+    "mrs": "one MRS predict localises and smooths (about 1,800 forward passes: 2.0 s per image at one thread, "
            "benchmarks/results/mrs_cifar10.json), so the ensemble's 100-query random search alone is 50,000 predicts "
-           "on 500 images, about 51 CPU-hours, and the white-box part judges up to 15 candidates per image with it "
-           "(up to 7.7 CPU-hours more); 2 CPU cores",
+           "on 500 images, about 28 CPU-hours, and the white-box part judges up to 15 candidates per image with it "
+           "(up to 4.3 CPU-hours more), on a machine of 2 CPU cores",
 }
 MASKING_TOLERANCE = 0.02  # random search this far below the white-box figure: the gradients mislead the attack
 CERTIFICATE_COLUMNS = {RECOVERY: "certified_recovery", DETECTION: "certified_detection", REGION_L2: "region_l2_bound"}

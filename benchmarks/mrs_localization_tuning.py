@@ -1,9 +1,10 @@
 """MRS localisation settings chosen on training images: block side, abstain threshold tau and margin.
 
-Model and smoothing as ``mrs_cifar10.py``: ``checkpoints/cifar10_resnet20_mrs.pt``, sigma 128/255, n0 = 100,
-n = 1000, alpha = 0.001, certified accuracy counted at R = 25/255. The base model was noise-trained on every
-training image, so these images are not unseen by it; they are never test images, which is what the choice
-needs (its clean and certified figures here are not test figures: ``mrs_cifar10.py`` measures the choice).
+Model and smoothing as ``mrs_cifar10.py`` when this ran: ``checkpoints/cifar10_resnet20_mrs.pt``, sigma 128/255
+(``mrs_sigma_tuning.py`` then chose 64 at this localisation), n0 = 100, n = 1000, alpha = 0.001, certified
+accuracy counted at R = 25/255. The base model was noise-trained on every training image, so these images are not
+unseen by it; they are never test images, which is what the choice needs (its clean and certified figures here are
+not test figures: ``mrs_cifar10.py`` measures the choice).
 
 Data: ``--n`` class-balanced training images (seed 3); a 5x5 patch at a uniformly random place per image (seed 4)
 from masked PGD against the base classifier (L-inf eps 1.0, step 0.05, 50 iterations, no random start), as
