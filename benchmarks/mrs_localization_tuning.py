@@ -48,7 +48,7 @@ from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.mrs import from_255, get_art_model, localize  # noqa: E402
 from art_patch_defenses.mrs.localization import ambiguous, region_mask  # noqa: E402
 
-DEPLOYED = (5, 8.0, 3)  # block, tau, margin of mrs_cifar10.py and the configs
+DEPLOYED = (5, 8.0, 3)  # block, tau, margin deployed when this ran (the baseline of the choice; tau 20 since)
 STORE = ROOT / "outputs" / "benchmarks" / "mrs_localization_tuning"
 
 
