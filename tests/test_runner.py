@@ -517,6 +517,12 @@ def cheap_suite_with_an_endless_second_scenario() -> dict:
     return {"_description": "two cheap scenarios", "scenarios": [patch, pgd]}
 
 
+def default_sigint() -> None:
+    """Give the child the default SIGINT disposition: a suite started in the background by a shell without job
+    control (``pytest ... &``) inherits SIGINT ignored, and Python then installs no Ctrl-C handler in the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_stopped_evaluation_keeps_the_finished_scenario(tmp_path, signal_name):
     """A real evaluation in a subprocess, stopped in its second scenario: Ctrl-C (SIGINT), ``kill`` (SIGTERM) and
@@ -528,7 +534,7 @@ def test_a_stopped_evaluation_keeps_the_finished_scenario(tmp_path, signal_name)
     process = subprocess.Popen(
         [sys.executable, "-m", "art_patch_defenses.cli", "evaluate", str(config), "--output-dir", str(out),
          "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
