@@ -105,6 +105,20 @@ def write_result(benchmark: str, config: dict, results: dict, images: dict[str, 
     return path
 
 
+def kept_figures(path: Path, settings: dict) -> dict | None:
+    """The figures a resumable benchmark kept at ``path`` (:func:`keep_figures`) for the same ``settings``, or None."""
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored["settings"] == settings:
+            return stored["figures"]
+    return None
+
+
+def keep_figures(path: Path, settings: dict, figures: dict) -> None:
+    """Keep one finished step's ``figures`` with the ``settings`` they hold for, so that a rerun resumes there."""
+    path.write_text(json.dumps({"settings": settings, "figures": figures}, indent=2) + "\n")
+
+
 def evaluate_command(config: Path, output_dir: Path, chunk_per_class: int = 5) -> list[str]:
     """The user's command that evaluates ``config`` into ``output_dir``: sharded in chunks of ``chunk_per_class``
     images per class, resumed from the finished chunks of an interrupted run."""

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, write_result  # noqa: E402
+from common import ROOT, keep_figures, kept_figures, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -136,9 +136,9 @@ def main() -> None:
     certified: dict = {}
     for block, tau, margin in sorted(finalists):
         name = f"block{block}_tau{tau:g}_margin{margin}"
-        stored = STORE / f"{name}.json"
-        if stored.is_file() and json.loads(stored.read_text())["settings"] == settings:
-            certified[name] = json.loads(stored.read_text())["figures"]
+        kept = kept_figures(STORE / f"{name}.json", settings)
+        if kept is not None:
+            certified[name] = kept
             continue
         began = time.time()
         found = stage1[block]
@@ -155,7 +155,7 @@ def main() -> None:
             "certified_accuracy_r25_clean_localized": float(clean_certified.mean()),
             **screen[(block, tau, margin)], "seconds": round(time.time() - began, 1)}
         certified[name] = figures
-        stored.write_text(json.dumps({"settings": settings, "figures": figures}, indent=2) + "\n")
+        keep_figures(STORE / f"{name}.json", settings, figures)
         print(name, figures, flush=True)
 
     deployed = certified["block{}_tau{:g}_margin{}".format(*DEPLOYED)]

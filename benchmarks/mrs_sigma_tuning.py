@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, write_result  # noqa: E402
+from common import ROOT, keep_figures, kept_figures, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -78,9 +77,9 @@ def main() -> None:
     per_sigma: dict = {}
     for sigma_255 in args.sigmas:
         name = f"sigma{sigma_255:g}"
-        stored = STORE / f"{name}.json"
-        if stored.is_file() and json.loads(stored.read_text())["settings"] == settings:
-            per_sigma[name] = json.loads(stored.read_text())["figures"]
+        kept = kept_figures(STORE / f"{name}.json", settings)
+        if kept is not None:
+            per_sigma[name] = kept
             continue
         began = time.time()
         estimator.set_params(sigma=from_255(sigma_255))
@@ -91,7 +90,7 @@ def main() -> None:
                    "certified_accuracy_r25_localized": float(adv_certified.mean()),
                    "seconds": round(time.time() - began, 1)}
         per_sigma[name] = figures
-        stored.write_text(json.dumps({"settings": settings, "figures": figures}, indent=2) + "\n")
+        keep_figures(STORE / f"{name}.json", settings, figures)
         print(name, figures, flush=True)
 
     def score(sigma_255: float) -> tuple[float, float]:
