@@ -4,7 +4,8 @@ Model: the fine-tuned ResNet-56 (``checkpoints/cifar10_resnet56_finetuned.pt``) 
 (``benchmarks/results/fnc_alpha_sweep.json``: re-estimating them moved clean accuracy on training images by at most
 0.3 points), FNC after all 27
 residual blocks with one alpha per stage of 9 blocks (``inf``: that stage is not clipped). A candidate is
-``a1,a2,a3``; ``inf,inf,inf`` is the undefended model.
+``a1,a2,a3``; ``inf,inf,inf`` is the undefended model. ``--model cifar_resnet20`` tunes the second architecture
+(the fine-tuned ResNet-20, 9 blocks, 3 per stage) and writes ``fnc_alpha_tuning_cifar_resnet20.json``.
 
 Data: training images only, so the choice never sees the test split. Universal patches are trained on 1,000
 class-balanced training images (seed 1, as ``fnc_cifar10.py``) and evaluated on 1,000 other class-balanced
@@ -13,13 +14,14 @@ training image, so clean accuracy there runs higher than on test images: compare
 against the undefended model and by their gains on the same images.
 
 Attacks (``fnc_cifar10.py``'s): 10x10 patches (10%) targeted at "dog", trained white-box against each candidate:
-AdvP (ART ``AdversarialPatchPyTorch``, 15 passes, lr 0.1) and LaVAN (``lavan_patch``, 250 steps of 0.01).
-The chosen candidate has the largest worst-case gain (the smaller of the AdvP and LaVAN gains over undefended)
-among those whose clean drop is at most ``--max-clean-drop``.
+AdvP (ART ``AdversarialPatchPyTorch``, 15 passes, lr 0.1) and LaVAN (``lavan_patch``, 250 steps of 0.01), one
+patch each (seed 0). The chosen candidate has the largest worst-case gain (the smaller of the AdvP and LaVAN gains
+over undefended) among those whose clean drop is at most ``--max-clean-drop``. One AdvP patch's figure moves by a few
+points with its seed (``fnc_cifar10.py`` trains three), so candidates a point or two apart are a toss-up.
 
 Each candidate's figures are kept under ``outputs/benchmarks/fnc_alpha_tuning/`` as it finishes, so an interrupted
-run resumes. Run: ``.venv/bin/python benchmarks/fnc_alpha_tuning.py`` (about 5 minutes per candidate on one
-thread); writes ``benchmarks/results/fnc_alpha_tuning.json``.
+run resumes. Run: ``.venv/bin/python benchmarks/fnc_alpha_tuning.py`` (about 8 minutes per ResNet-56 candidate, 3
+per ResNet-20 one, on one thread beside other runs); writes ``benchmarks/results/fnc_alpha_tuning.json``.
 """
 
 from __future__ import annotations
@@ -40,15 +42,19 @@ from common import ROOT, accuracy, write_result  # noqa: E402
 from art_patch_defenses.attacks import adversarial_patch, lavan_patch  # noqa: E402
 from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
 from art_patch_defenses.data import CIFAR10_CLASSES, balanced_subset, load_dataset  # noqa: E402
-from art_patch_defenses.fnc import fnc_classifier  # noqa: E402
+from art_patch_defenses.fnc import cascaded_modules, fnc_classifier  # noqa: E402
 from art_patch_defenses.geometry import paste_patch, patch_shape, random_locations  # noqa: E402
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 
 TARGET = CIFAR10_CLASSES.index("dog")
-STAGES, BLOCKS_PER_STAGE = 3, 9
+STAGES = 3
+# The first ten were the first grid; the next four fill the gap between 1.2 (too costly) and 1.5 (chosen then), and
+# the last probes harder clipping in stages 1-2 after 1.2,1.2,1.5 did best of those (it cost 0.042 clean: no further).
 CANDIDATES = ("inf,inf,inf", "1.2,1.2,1.2", "1.5,1.5,1.5", "2.0,2.0,2.0", "inf,inf,1.2", "2.0,2.0,1.2",
-              "2.0,1.5,1.2", "inf,2.0,1.0", "2.0,2.0,1.0", "1.5,1.5,1.0")
+              "2.0,1.5,1.2", "inf,2.0,1.0", "2.0,2.0,1.0", "1.5,1.5,1.0",
+              "1.4,1.4,1.4", "1.3,1.3,1.3", "1.2,1.2,1.5", "1.2,1.2,1.4", "1.1,1.1,1.5")
+MODELS = ("cifar_resnet56", "cifar_resnet20")
 STORE = ROOT / "outputs" / "benchmarks" / "fnc_alpha_tuning"
 
 
@@ -93,6 +99,7 @@ def evaluate(classifier, patch_set, eval_set, locations, shape, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="cifar_resnet56")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--patch-train-n", type=int, default=1000)
     parser.add_argument("--eval-n", type=int, default=1000)
@@ -104,21 +111,23 @@ def main() -> None:
     if "inf,inf,inf" not in alphas:
         parser.error("the candidates must include inf,inf,inf (the undefended model the gains are measured from)")
 
-    weights = weights_path("cifar_resnet56", "finetuned")
-    undefended = make_classifier(build_model("cifar_resnet56", "finetuned"), "cifar_resnet56")
+    weights = weights_path(args.model, "finetuned")
+    undefended = make_classifier(build_model(args.model, "finetuned"), args.model)
+    blocks = len(cascaded_modules(undefended.model))
+    store = STORE if args.model == MODELS[0] else STORE / args.model
     patch_set, eval_set = split_training_images(args.patch_train_n, args.eval_n)
     shape = patch_shape(0.1, eval_set[0].shape[2:])
     locations = random_locations(len(eval_set[1]), eval_set[0].shape[2:], shape, seed=2)
     settings = {"weights_sha256": sha256_of(weights), "patch_train_n": args.patch_train_n, "eval_n": args.eval_n,
                 "advp_passes": args.advp_passes, "lavan_steps": args.lavan_steps, "art_random_seed": 0}
-    STORE.mkdir(parents=True, exist_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
     figures = {}
     for candidate, values in alphas.items():
-        stored = STORE / f"{candidate.replace(',', '_')}.json"
+        stored = store / f"{candidate.replace(',', '_')}.json"
         if stored.is_file() and json.loads(stored.read_text())["settings"] == settings:
             figures[candidate] = json.loads(stored.read_text())["figures"]
             continue
-        per_layer = [value for value in values for _ in range(BLOCKS_PER_STAGE)]
+        per_layer = [value for value in values for _ in range(blocks // STAGES)]
         classifier = undefended if all(math.isinf(v) for v in values) else fnc_classifier(undefended, per_layer)
         figures[candidate] = evaluate(classifier, patch_set, eval_set, locations, shape, args)
         stored.write_text(json.dumps({"settings": settings, "figures": figures[candidate]}, indent=2) + "\n")
@@ -133,18 +142,22 @@ def main() -> None:
         results[f"adversarial_accuracy_{key}_lavan"] = found["lavan"]
         results[f"clean_drop_{key}"] = round(base["clean"] - found["clean"], 4)
         results[f"worst_gain_{key}"] = round(min(found["advp"] - base["advp"], found["lavan"] - base["lavan"]), 4)
-    allowed = [c for c in figures if c != "inf,inf,inf" and base["clean"] - figures[c]["clean"] <= args.max_clean_drop]
+    # The drop as recorded (rounded): 0.968 - 0.953 is 0.015000000000000013 in floats, 15 of 1,000 images.
+    allowed = [c for c in figures
+               if c != "inf,inf,inf" and results[f"clean_drop_{c.replace(',', '_')}"] <= args.max_clean_drop]
     results["chosen"] = max(allowed, key=lambda c: results[f"worst_gain_{c.replace(',', '_')}"], default=None)
     config = {
-        "model": "cifar_resnet56", "weights": weights.name, **settings,
-        "fnc": "one alpha per stage of 9 residual blocks (27 FNC layers); the model's own BN statistics",
+        "model": args.model, "weights": weights.name, **settings,
+        "fnc": f"one alpha per stage of {blocks // STAGES} residual blocks ({blocks} FNC layers); the model's own BN "
+               "statistics",
         "data": f"training images only: patches trained on {args.patch_train_n} class-balanced (seed 1), evaluated "
                 f"on {args.eval_n} others (class-balanced, seed 2), random place per image (seed 2)",
         "attacks": "fnc_cifar10.py's AdvP and LaVAN, 10x10 targeted at dog, trained against each candidate",
         "choice": f"largest worst-case gain (min of AdvP and LaVAN) with clean drop <= {args.max_clean_drop}",
         "seconds": {candidate: found["seconds"] for candidate, found in figures.items()},
     }
-    write_result("fnc_alpha_tuning", config, results,
+    name = "fnc_alpha_tuning" if args.model == MODELS[0] else f"fnc_alpha_tuning_{args.model}"
+    write_result(name, config, results,
                  images={key: args.eval_n for key in results if key.startswith(("clean_accuracy", "adversarial"))})
 
 
