@@ -119,6 +119,22 @@ def keep_figures(path: Path, settings: dict, figures: dict) -> None:
     path.write_text(json.dumps({"settings": settings, "figures": figures}, indent=2) + "\n")
 
 
+def kept_array(path: Path, settings: dict, compute) -> tuple[np.ndarray, float]:
+    """A resumable step that makes an array (adversarial images, say): the array ``path`` (``.npy``) kept for the same
+    ``settings`` by an earlier run, or ``compute()`` now, kept; with the seconds the computation took."""
+    array_path, record = path.with_suffix(".npy"), path.with_suffix(".json")
+    figures = kept_figures(record, settings)
+    if figures is not None and array_path.is_file():
+        return np.load(array_path), figures["seconds"]
+    start = time.time()
+    array = compute()
+    seconds = round(time.time() - start, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(array_path, array)
+    keep_figures(record, settings, {"seconds": seconds})  # written last: it marks the array complete
+    return array, seconds
+
+
 def evaluate_command(config: Path, output_dir: Path, chunk_per_class: int = 5) -> list[str]:
     """The user's command that evaluates ``config`` into ``output_dir``: sharded in chunks of ``chunk_per_class``
     images per class, resumed from the finished chunks of an interrupted run."""

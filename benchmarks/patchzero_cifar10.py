@@ -22,21 +22,31 @@ above) and ``patchzero_masked`` (the ResNet-20 fine-tuned on masked images, Patc
 its white-box part and random search alone, its clean accuracy, and the undefended fine-tuned ResNet-20's clean
 accuracy on the same 500 images (``clean_accuracy_undefended_ensemble_slice``: the clean drop is against it).
 
-Run: ``.venv/bin/python benchmarks/patchzero_cifar10.py``.
+Run: ``.venv/bin/python benchmarks/patchzero_cifar10.py`` (about 2 hours at one thread with the ensemble rows).
+Each attack's adversarial images are kept under ``outputs/benchmarks/patchzero_cifar10/`` as it finishes, so an
+interrupted run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, accuracy, chunk_seconds, evaluate_command, median_predict_seconds, run_evaluate, write_result  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    accuracy,
+    chunk_seconds,
+    evaluate_command,
+    kept_array,
+    median_predict_seconds,
+    run_evaluate,
+    write_result,
+)
 
 from art_patch_defenses.attacks import MaskedAutoPGD, masked_pgd  # noqa: E402
 from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
@@ -94,6 +104,7 @@ def main() -> None:
     args = parser.parse_args()
 
     weights = weights_path(args.model, args.weights)
+    detector_path = checkpoints_dir() / args.detector
     network = build_model(args.model, args.weights)
     undefended = make_classifier(network, args.model)
 
@@ -117,32 +128,36 @@ def main() -> None:
     results["clean_accuracy_patchzero"] = accuracy(bpda_classifier, test.x, test.y)
     results["clean_false_positive_pixel_rate"] = float(patchzero.masks(test.x).mean())
 
-    def mpgd(classifier):
-        return masked_pgd(classifier, test.x, mask, test.y, eps=1.0, eps_step=0.01, max_iter=args.mpgd_iter,
-                          num_random_init=0, batch_size=125)
+    # Each attack's images are kept under outputs/ as it finishes, so an interrupted run resumes after it.
+    store = ROOT / "outputs" / "benchmarks" / "patchzero_cifar10"
+    kept = {"n": args.n, "weights_sha256": sha256_of(weights), "detector_sha256": sha256_of(detector_path),
+            "mpgd_iter": args.mpgd_iter, "mapgd_iter": args.mapgd_iter}
 
-    start = time.time()
-    x_undefended = mpgd(undefended)
-    seconds["mpgd_undefended"] = round(time.time() - start, 1)
+    def attacked(step: str, attack) -> np.ndarray:
+        images, seconds[step] = kept_array(store / step, {**kept, "step": step}, attack)
+        return images
+
+    def mpgd(classifier):
+        return lambda: masked_pgd(classifier, test.x, mask, test.y, eps=1.0, eps_step=0.01, max_iter=args.mpgd_iter,
+                                  num_random_init=0, batch_size=125)
+
+    def mapgd():
+        seed_art_random_start(0)  # AutoPGD's random start
+        return MaskedAutoPGD(bpda_classifier, eps=0.3, eps_step=0.1, max_iter=args.mapgd_iter, batch_size=125
+                             ).generate(test.x, test.y, mask)
+
+    x_undefended = attacked("mpgd_undefended", mpgd(undefended))
     results["adversarial_accuracy_undefended_mpgd"] = accuracy(undefended, x_undefended, test.y)
     repainted = np.where(mask > 0, fill, x_undefended).astype(np.float32)
     results["adversarial_accuracy_gt_mask_mpgd"] = accuracy(undefended, repainted, test.y)
 
-    start = time.time()
-    x_do = mpgd(do_classifier)
-    seconds["mpgd_patchzero_do"] = round(time.time() - start, 1)
+    x_do = attacked("mpgd_patchzero_do", mpgd(do_classifier))
     results["adversarial_accuracy_patchzero_do_mpgd"] = accuracy(bpda_classifier, x_do, test.y)
 
-    start = time.time()
-    x_bpda = mpgd(bpda_classifier)
-    seconds["mpgd_patchzero_bpda"] = round(time.time() - start, 1)
+    x_bpda = attacked("mpgd_patchzero_bpda", mpgd(bpda_classifier))
     results["adversarial_accuracy_patchzero_bpda_mpgd"] = accuracy(bpda_classifier, x_bpda, test.y)
 
-    start = time.time()
-    seed_art_random_start(0)  # AutoPGD's random start
-    x_mapgd = MaskedAutoPGD(bpda_classifier, eps=0.3, eps_step=0.1, max_iter=args.mapgd_iter, batch_size=125
-                            ).generate(test.x, test.y, mask)
-    seconds["mapgd_patchzero_bpda"] = round(time.time() - start, 1)
+    x_mapgd = attacked("mapgd_patchzero_bpda", mapgd)
     results["adversarial_accuracy_patchzero_bpda_mapgd"] = accuracy(bpda_classifier, x_mapgd, test.y)
 
     quality = mask_precision_recall_f1(patchzero.masks(x_bpda, dilated=False), true_masks)
@@ -158,7 +173,6 @@ def main() -> None:
     ensemble, ensemble_images, ensemble_provenance = ensemble_results(undefended)
     results.update(ensemble)
 
-    detector_path = checkpoints_dir() / args.detector
     config = {
         "model": args.model, "weights": weights.name, "weights_sha256": sha256_of(weights),
         "detector": args.detector, "detector_sha256": sha256_of(detector_path),
