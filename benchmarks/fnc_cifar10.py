@@ -146,7 +146,7 @@ def main() -> None:
             worst = min(per_seed)
             results[f"adversarial_accuracy_{label}_{attack}"] = worst[0]
             results[f"target_rate_{label}_{attack}"] = worst[1]
-            results[f"per_seed_accuracy_{label}_{attack}"] = [found[0] for found in per_seed]
+            results[f"per_seed_accuracy_{label}_{attack}"] = [figure for figure, _ in per_seed]
             seconds[f"{attack}_{label}"] = round(spent, 1)
 
     timing_batch = test.x[:256]
