@@ -27,7 +27,6 @@ per ResNet-20 one, on one thread beside other runs); writes ``benchmarks/results
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -37,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, accuracy, write_result  # noqa: E402
+from common import ROOT, accuracy, keep_figures, kept_figures, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import adversarial_patch, lavan_patch  # noqa: E402
 from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
@@ -124,13 +123,13 @@ def main() -> None:
     figures = {}
     for candidate, values in alphas.items():
         stored = store / f"{candidate.replace(',', '_')}.json"
-        if stored.is_file() and json.loads(stored.read_text())["settings"] == settings:
-            figures[candidate] = json.loads(stored.read_text())["figures"]
+        if (kept := kept_figures(stored, settings)) is not None:  # finished by an interrupted run
+            figures[candidate] = kept
             continue
         per_layer = [value for value in values for _ in range(blocks // STAGES)]
         classifier = undefended if all(math.isinf(v) for v in values) else fnc_classifier(undefended, per_layer)
         figures[candidate] = evaluate(classifier, patch_set, eval_set, locations, shape, args)
-        stored.write_text(json.dumps({"settings": settings, "figures": figures[candidate]}, indent=2) + "\n")
+        keep_figures(stored, settings, figures[candidate])
         print(candidate, figures[candidate], flush=True)
 
     base = figures["inf,inf,inf"]
