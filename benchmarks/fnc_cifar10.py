@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("cifar_resnet56", "cifar_resnet20"), default="cifar_resnet56")
     parser.add_argument("--weights", default="finetuned", help="weights tag or path of the model")
     args = parser.parse_args()
+    if args.attack_seeds < 1:
+        parser.error("--attack-seeds must be at least 1")
     torch.manual_seed(0)
 
     weights = weights_path(args.model, args.weights)
