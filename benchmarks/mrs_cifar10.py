@@ -24,7 +24,8 @@ patch).
   by the smoothed prediction in that region with fresh noise (another class = a violation); must be 0.
 
 Run: ``.venv/bin/python benchmarks/mrs_cifar10.py [--places 80]`` (writes ``benchmarks/results/mrs_cifar10.json``,
-with ``--places P > 1`` ``mrs_cifar10_places<P>.json``).
+with ``--places P > 1`` ``mrs_cifar10_places<P>.json``). Each place's attacked images are kept under ``outputs/``, so a
+run resumes; ``--places 80 --places-shard 0/2`` beside the full command attacks places in a second process.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import pyplot, save_figure, write_result  # noqa: E402
+from common import ROOT, kept_array, pyplot, save_figure, write_result  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -51,22 +53,44 @@ from art_patch_defenses.mrs import from_255, get_art_model  # noqa: E402
 RADII_255 = (0, 5, 10, 15, 20, 25, 30, 40, 50, 60)
 
 
-def highest_loss_patches(base, x: np.ndarray, y: np.ndarray, places: int) -> tuple[np.ndarray, np.ndarray]:
+PLACE_PGD = {"eps": 1.0, "eps_step": 0.05, "max_iter": 50, "num_random_init": 0}
+
+
+def place_masks(x: np.ndarray, place: int) -> np.ndarray:
+    """Patch masks ``(N, H, W)`` of random place ``place`` (1-based; its seed)."""
+    return patch_masks(x.shape[2:], (5, 5), random_locations(len(x), x.shape[2:], (5, 5), seed=place))
+
+
+def place_patches(base, x: np.ndarray, y: np.ndarray, place: int, store: Path, kept: dict
+                  ) -> tuple[np.ndarray, float]:
+    """Masked PGD against ``base`` at random place ``place``, kept under ``store`` so that a run resumes and
+    several processes can share the places; with the seconds its attack took (in whichever process ran it)."""
+    def attack() -> np.ndarray:
+        return masked_pgd(base, x, expand_masks(place_masks(x, place), x), y, **PLACE_PGD, batch_size=250,
+                          verbose=False)
+    return kept_array(store / f"place-{place:03d}", {**kept, "place": place}, attack)
+
+
+def highest_loss_patches(base, x: np.ndarray, y: np.ndarray, places: int, store: Path, kept: dict,
+                         verbose: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
     """Masked PGD (L-inf eps 1.0, step 0.05, 50 iterations, no random start) against ``base`` at ``places``
     uniformly random places per image (seeds 1 to ``places``); per image the patched copy of largest cross-entropy
-    and its patch masks ``(N, H, W)``."""
+    and its patch masks ``(N, H, W)``, with the attack's seconds summed over places. Missing places are computed
+    from the last down (``--places-shard`` processes go up, so that the two meet); the choice goes up from place 1,
+    whoever computed them (a tie keeps the first)."""
+    seconds = sum(place_patches(base, x, y, place, store, kept)[1]
+                  for place in tqdm(range(places, 0, -1), desc="places", disable=not verbose))
     best_loss = np.full(len(x), -np.inf)
     x_adv, masks = x.copy(), np.zeros((len(x), *x.shape[2:]), dtype=bool)
-    for place in range(places):
-        place_masks = patch_masks(x.shape[2:], (5, 5), random_locations(len(x), x.shape[2:], (5, 5), seed=1 + place))
-        candidate = masked_pgd(base, x, expand_masks(place_masks, x), y, eps=1.0, eps_step=0.05, max_iter=50,
-                               num_random_init=0, batch_size=250, verbose=places == 1)
+    for place in range(1, places + 1):
+        candidate = place_patches(base, x, y, place, store, kept)[0]
         logits = base.predict(candidate).astype(np.float64)
         shifted = logits - logits.max(axis=1, keepdims=True)
         loss = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y)), y]
         better = loss > best_loss
-        x_adv[better], masks[better], best_loss[better] = candidate[better], place_masks[better], loss[better]
-    return x_adv, masks
+        x_adv[better], best_loss[better] = candidate[better], loss[better]
+        masks[better] = place_masks(x, place)[better]
+    return x_adv, masks, round(seconds, 1)
 
 
 def plot_r_accuracy(curves: dict[str, list[float]], path: Path) -> None:
@@ -93,18 +117,40 @@ def main() -> None:
     parser.add_argument("--margin", type=int, default=3, help="pixels the localised block is widened by")
     parser.add_argument("--places", type=int, default=1,
                         help="random patch places per image; the one of largest loss is kept (paper: 80)")
+    parser.add_argument("--places-shard", metavar="I/K",
+                        help="only attack the places p with (p - 1) %% K == I (ascending), keep them under outputs/ "
+                             "and exit: run beside the full command to share the attack between processes")
     parser.add_argument("--verify-n", type=int, default=100)
     parser.add_argument("--figure", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "docs" / "mrs_r_accuracy.png")
+                        help="R-accuracy plot (default docs/mrs_r_accuracy.png, with --places P > 1 "
+                             "docs/mrs_r_accuracy_places<P>.png)")
     args = parser.parse_args()
     if args.places < 1:
         parser.error(f"--places must be at least 1, got {args.places}")
+    shard = None
+    if args.places_shard is not None:
+        index, _, count = args.places_shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            parser.error(f"--places-shard takes I/K with 0 <= I < K, got {args.places_shard!r}")
+        shard = int(index), int(count)
+    suffix = "" if args.places == 1 else f"_places{args.places}"
+    figure = args.figure or ROOT / "docs" / f"mrs_r_accuracy{suffix}.png"
 
     estimator = get_art_model({"name": "cifar_resnet20", "weights": args.weights, "sigma_255": args.sigma,
                                "sample_size": 1000, "n0": 100, "alpha": 0.001, "patch_size": 5,
                                "tau": args.tau, "margin": args.margin})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
     x, y = test.x, test.y
+    base = make_classifier(estimator.model, "cifar_resnet20")  # the same network, without smoothing
+    path = weights_path("cifar_resnet20", args.weights)
+    # Each place's patched images are kept under outputs/, keyed on everything that changes them.
+    store = ROOT / "outputs" / "benchmarks" / "mrs_cifar10_places"
+    kept = {"n": args.n, "data_seed": 0, "weights_sha256": sha256_of(path), **PLACE_PGD}
+    if shard is not None:
+        index, count = shard
+        for place in tqdm(range(1 + index, args.places + 1, count), desc=f"places shard {index}/{count}"):
+            place_patches(base, x, y, place, store, kept)
+        return
     r25 = from_255(25.0)
     results: dict = {}
     seconds: dict = {}
@@ -115,10 +161,7 @@ def main() -> None:
     seconds["clean_localize_and_certify"] = round(time.time() - start, 1)
     results["clean_accuracy"] = float(np.mean(clean.prediction == y))
 
-    start = time.time()
-    base = make_classifier(estimator.model, "cifar_resnet20")  # the same network, without smoothing
-    x_adv, true_masks = highest_loss_patches(base, x, y, args.places)
-    seconds["masked_pgd"] = round(time.time() - start, 1)
+    x_adv, true_masks, seconds["masked_pgd"] = highest_loss_patches(base, x, y, args.places, store, kept)
 
     oracle = estimator.certify(x, mask=true_masks, seed=1, verbose=True)
     right = oracle.prediction == y
@@ -145,7 +188,7 @@ def main() -> None:
                                          for r in RADII_255],
     }
     results["r_accuracy_curves"] = {"radii_255": list(RADII_255), **curves}
-    plot_r_accuracy(curves, args.figure)
+    plot_r_accuracy(curves, figure)
 
     start = time.time()
     spread = np.unique(np.linspace(0, len(x) - 1, min(len(x), 2 * args.verify_n)).astype(int))  # class-balanced
@@ -157,7 +200,6 @@ def main() -> None:
     results["soundness_attack"] = check
     results["seconds"] = seconds
 
-    path = weights_path("cifar_resnet20", args.weights)
     config = {
         "model": "cifar_resnet20", "weights": path.name, "weights_sha256": sha256_of(path),
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
@@ -186,8 +228,7 @@ def main() -> None:
     accuracies = ("clean_accuracy_base", "clean_accuracy", "certified_accuracy_r25_oracle_mask",
                   "adversarial_accuracy_base", "localization_coverage", "localization_abstain_rate",
                   "certified_accuracy_r25_localized")
-    name = "mrs_cifar10" if args.places == 1 else f"mrs_cifar10_places{args.places}"
-    write_result(name, config, results, images=dict.fromkeys(accuracies, len(x)))
+    write_result(f"mrs_cifar10{suffix}", config, results, images=dict.fromkeys(accuracies, len(x)))
 
 
 if __name__ == "__main__":

@@ -135,3 +135,49 @@ def test_certificate_soundness_against_masked_l2_pgd_with_eot(mnist_classifier, 
         counts = estimator.noise_counts(x_adv[0], masks[i], 2000, 500, torch.Generator().manual_seed(k))
         beyond += int(counts.argmax() != labels[k])
     assert beyond >= 1
+
+
+def test_highest_loss_places_resume_and_agree_whoever_computed_them(tmp_path, monkeypatch):
+    """``benchmarks/mrs_cifar10.py`` keeps each place's attacked images: a second run attacks nothing, a shard's
+    ascending places give the same choice as one process, and each image keeps its place of largest loss."""
+    import sys
+    from pathlib import Path
+
+    from art.estimators.classification import PyTorchClassifier
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import mrs_cifar10
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(4 * 10 * 10, 3))
+    base = PyTorchClassifier(network, torch.nn.CrossEntropyLoss(), (3, 12, 12), 3, clip_values=(0.0, 1.0))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (6, 3, 12, 12)).astype(np.float32)
+    y = np.arange(6) % 3
+    kept = {"n": 6}
+    monkeypatch.setitem(mrs_cifar10.PLACE_PGD, "max_iter", 3)
+
+    one_process = mrs_cifar10.highest_loss_patches(base, x, y, 3, tmp_path / "one", kept, verbose=False)
+    for place in (1, 3):  # a --places-shard 0/2 process
+        mrs_cifar10.place_patches(base, x, y, place, tmp_path / "shared", kept)
+    shared = mrs_cifar10.highest_loss_patches(base, x, y, 3, tmp_path / "shared", kept, verbose=False)
+    np.testing.assert_array_equal(one_process[0], shared[0])
+    np.testing.assert_array_equal(one_process[1], shared[1])
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("a kept place was attacked again")
+
+    monkeypatch.setattr(mrs_cifar10, "masked_pgd", no_attack)
+    again = mrs_cifar10.highest_loss_patches(base, x, y, 3, tmp_path / "one", kept, verbose=False)
+    np.testing.assert_array_equal(one_process[0], again[0])
+
+    losses = []
+    for place in (1, 2, 3):
+        candidate = mrs_cifar10.place_patches(base, x, y, place, tmp_path / "one", kept)[0]
+        logits = torch.from_numpy(base.predict(candidate))
+        losses.append(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y), reduction="none").numpy())
+    best = np.argmax(np.stack(losses), axis=0) + 1
+    for i, place in enumerate(best):
+        np.testing.assert_array_equal(one_process[1][i], mrs_cifar10.place_masks(x, place)[i])
+    assert len(set(best)) > 1 and np.any(one_process[0] != x)  # the choice above was a real one
