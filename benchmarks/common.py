@@ -116,7 +116,9 @@ def kept_figures(path: Path, settings: dict) -> dict | None:
 
 def keep_figures(path: Path, settings: dict, figures: dict) -> None:
     """Keep one finished step's ``figures`` with the ``settings`` they hold for, so that a rerun resumes there."""
-    path.write_text(json.dumps({"settings": settings, "figures": figures}, indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps({"settings": settings, "figures": figures}, indent=2) + "\n")
+    os.replace(partial, path)  # whole or absent: another process may be reading it
 
 
 def kept_array(path: Path, settings: dict, compute) -> tuple[np.ndarray, float]:
@@ -130,7 +132,9 @@ def kept_array(path: Path, settings: dict, compute) -> tuple[np.ndarray, float]:
     array = compute()
     seconds = round(time.time() - start, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(array_path, array)
+    partial = array_path.with_name(f".{array_path.stem}.{os.getpid()}.npy")
+    np.save(partial, array)
+    os.replace(partial, array_path)  # whole or absent: a process sharing the steps may be reading it
     keep_figures(record, settings, {"seconds": seconds})  # written last: it marks the array complete
     return array, seconds
 
