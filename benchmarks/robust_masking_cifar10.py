@@ -1,9 +1,9 @@
 """Robust masking (PatchGuard) on CIFAR-10: clean, certified and empirical adaptive accuracy; analysis speed.
 
-Backbone: ``checkpoints/cifar10_robust_masking_<backbone>.pt`` (see ``checkpoints.json``). Data: the first
-``--n`` class-balanced shared test images (seed 0). Patch 5x5 (2.4%) and 2x2 (0.4%); threshold T = 0. Local
-features: ``--feature-type`` (the main figures; ``by_feature_type`` gives all three from the same logits);
-``clean_accuracy_vanilla`` is the arg-max of the unmasked sum of the clipped features.
+Backbone: ``checkpoints/cifar10_robust_masking_<backbone>.pt`` (see ``checkpoints.json``; ``ds_crop56``: the cropped
+bands around a ResNet-56). Data: the first ``--n`` class-balanced shared test images (seed 0). Patch 5x5 (2.4%)
+and 2x2 (0.4%); threshold T = 0. Local features: ``--feature-type`` (the main figures; ``by_feature_type`` gives all
+three from the same logits); ``clean_accuracy_vanilla`` is the arg-max of the unmasked sum of the clipped features.
 - certified accuracy: :meth:`PyTorchRobustMasking.certify` (vectorised Lemma 1 analysis);
 - reference agreement: the same analysis loop by loop (:func:`certify_reference`) on ``--reference-n`` images;
 - empirical adaptive accuracy, 5x5: white-box masked PGD against the defended estimator (the masking is in its
@@ -66,7 +66,7 @@ def plot_certified_by_patch_size(by_side: dict, vanilla: float, backbone: str, p
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=("ds", "ds_crop", "bagnet"), default="ds")
+    parser.add_argument("--backbone", choices=("ds", "ds_crop", "ds_crop56", "bagnet"), default="ds")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--reference-n", type=int, default=100)
@@ -79,7 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     args.figure = args.figure or Path(__file__).resolve().parents[1] / "docs" / f"robust_masking_{args.backbone}.png"
 
-    name = {"ds": "cifar_mask_ds", "ds_crop": "cifar_mask_ds_crop", "bagnet": "cifar_bagnet"}[args.backbone]
+    name = {"ds": "cifar_mask_ds", "ds_crop": "cifar_mask_ds_crop", "ds_crop56": "cifar_mask_ds_crop56",
+            "bagnet": "cifar_bagnet"}[args.backbone]
     path = Path(args.checkpoint) if args.checkpoint else weights_path(name, "trained")
     feature_type = args.feature_type or ("prediction" if args.backbone.startswith("ds") else "logits")
     estimator = get_art_model({"name": name, "weights": str(path), "patch_size": 5, "feature_type": "logits"})

@@ -261,6 +261,25 @@ def test_cropped_bands_equal_the_ablated_path_that_art_takes():
         net.base(torch.rand(1, 6, 32, 32))  # nothing ablated: not a column ablation
 
 
+@pytest.mark.parametrize("name, depth", [("cifar_mask_ds_crop", 20), ("cifar_mask_ds_crop56", 56)])
+def test_committed_cropped_band_checkpoints_load_through_their_names(name, depth):
+    """Each committed cropped-band checkpoint loads through its registered name (its recorded sha256 checked) into
+    a ResNet-``depth`` base; the ResNet-56 one under the ResNet-20 name is refused as a mismatch."""
+    import art_patch_defenses.robust_masking  # noqa: F401 - registers the backbones
+    from art_patch_defenses.models import build_model
+    from art_patch_defenses.models.checkpoints import CheckpointError
+    from art_patch_defenses.models.registry import weights_path
+
+    net = build_model(name, "trained")
+    blocks = sum(len(stage) for stage in (net.base.net.layer1, net.base.net.layer2, net.base.net.layer3))
+    assert 6 * (blocks // 3) + 2 == depth
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 32, 32)).shape == (2, 1, 32, 10)
+    if depth != 20:
+        with pytest.raises(CheckpointError, match="does not match"):
+            build_model("cifar_mask_ds_crop", weights_path(name, "trained"))
+
+
 def test_ds_warm_start_reproduces_the_resnet_away_from_the_border():
     from art_patch_defenses.models import cifar_resnet
     from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD

@@ -157,6 +157,11 @@ register_model("cifar_mask_ds_crop", ModelSpec(
     factory=cifar_mask_ds_crop, input_shape=(3, 32, 32), nb_classes=10, mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0), weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_ds_crop.pt"},
 ))
+#: The same cropped bands around a ResNet-56 base (warm-started from the fine-tuned ResNet-56).
+register_model("cifar_mask_ds_crop56", ModelSpec(
+    factory=lambda: cifar_mask_ds_crop(56), input_shape=(3, 32, 32), nb_classes=10, mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0), weights={"trained": lambda: checkpoints_dir() / "cifar10_robust_masking_ds_crop56.pt"},
+))
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -6,7 +6,8 @@ from art_patch_defenses.models.registry import wrap_registered_model
 from art_patch_defenses.robust_masking.estimator import PyTorchRobustMasking
 
 #: Registered models that are robust-masking backbones (local logits); :func:`register_backbones` extends it.
-BACKBONE_MODELS: list[str] = ["cifar_mask_ds", "cifar_mask_ds_crop", "cifar_bagnet", "mnist_bagnet"]
+BACKBONE_MODELS: list[str] = ["cifar_mask_ds", "cifar_mask_ds_crop", "cifar_mask_ds_crop56", "cifar_bagnet",
+                                 "mnist_bagnet"]
 _MASKING_KEYS = ("patch_size", "threshold", "feature_clip", "feature_type")
 
 
