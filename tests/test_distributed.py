@@ -22,6 +22,7 @@ from art_patch_defenses.evaluation.distributed import (
     chunk_seed,
     class_rounds,
     context_from_environment,
+    distributed_session,
     make_chunks,
     shard_indices,
 )
@@ -159,6 +160,37 @@ def test_environment_is_read_and_checked(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(DistributedError, match="no torch.distributed"):
         distributed.init_distributed(env=good)
+
+
+def test_session_waits_for_the_peers_before_it_leaves_unless_it_failed(monkeypatch):
+    """A rank leaves the group only when every rank is done (a barrier): one that left while rank 0 still wrote the
+    reports once aborted in CI. After an exception it leaves at once, for its peers may never come."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost",
+                        "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *args, **kwargs: (calls.append("barrier"), barrier(*args, **kwargs)))
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *args: (calls.append("destroy"), destroy(*args)))
+    with distributed_session("cpu") as context:
+        assert context.owns_group and dist.is_initialized() and context.backend == "gloo"
+        with distributed_session(context=context) as same:  # a context given is used and left open
+            assert same is context
+        assert calls == [] and dist.is_initialized()
+    assert calls == ["barrier", "destroy"] and not dist.is_initialized() and not context.owns_group
+    calls.clear()
+    with pytest.raises(RuntimeError, match="rank failed"):
+        with distributed_session("cpu"):
+            raise RuntimeError("rank failed")
+    assert calls == ["destroy"] and not dist.is_initialized()
 
 
 def test_chunk_store_refuses_another_run_and_reads_back(tmp_path):

@@ -147,24 +147,41 @@ def init_distributed(device_type: str | None = None, env: Mapping[str, str] | No
     return DistContext(dist.get_rank(), dist.get_world_size(), context.local_rank, backend, owns_group=True)
 
 
-def shutdown(context: DistContext) -> None:
-    """Leave the process group :func:`init_distributed` opened (a caller's own group stays open)."""
+def shutdown(context: DistContext, wait_for_peers: bool = True) -> None:
+    """Leave the process group :func:`init_distributed` opened (a caller's own group stays open).
+
+    :param wait_for_peers: first wait (a barrier) until every rank is here, so that no rank tears its gloo
+        connections down while a peer is still busy (rank 0 writing the reports): a rank that left early once
+        aborted ("terminate called without an active exception") and torchrun then stopped the whole run.
+        ``False`` after an error, when the other ranks may never come.
+    """
     if context.owns_group:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if wait_for_peers:
+                dist.barrier()
             dist.destroy_process_group()
         context.owns_group = False
 
 
 @contextlib.contextmanager
-def distributed_session(device_type: str | None = None) -> Iterator[DistContext]:
-    """:func:`init_distributed` for the length of a ``with`` block."""
+def distributed_session(device_type: str | None = None, context: DistContext | None = None) -> Iterator[DistContext]:
+    """:func:`init_distributed` for the length of a ``with`` block; a ``context`` given is used and left open.
+
+    The group is left with :func:`shutdown`: on a normal end the ranks wait for each other first, after an
+    exception they do not.
+    """
+    if context is not None:
+        yield context
+        return
     context = init_distributed(device_type)
     try:
         yield context
-    finally:
-        shutdown(context)
+    except BaseException:
+        shutdown(context, wait_for_peers=False)
+        raise
+    shutdown(context)
 
 
 def broadcast_object(context: DistContext, value: Any) -> Any:

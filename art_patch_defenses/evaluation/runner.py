@@ -33,10 +33,9 @@ from art_patch_defenses.evaluation.distributed import (
     UnitStats,
     broadcast_object,
     chunk_seed,
-    init_distributed,
+    distributed_session,
     make_chunks,
     sharded_map,
-    shutdown,
 )
 from art_patch_defenses.evaluation.metrics import accuracy_interval
 from art_patch_defenses.evaluation.report import write_reports
@@ -520,14 +519,9 @@ def run_suite(
         suite = load_config({"_description": suite["_description"],
                              "scenarios": [with_overrides(c, n, max_iter, seed) for c in suite["scenarios"]]})
     make_chunks(np.zeros(1, dtype=int), images_per_class)  # checks images_per_class before anything is written
-    owned = context is None
-    context = context or init_distributed(_device_type(suite))
-    try:
+    with distributed_session(_device_type(suite), context) as context:
         sharded = bool(sharded) or resume or context.distributed
         return _run_suite(source, suite, output_dir, verbose, overwrite, sharded, resume, images_per_class, context)
-    finally:
-        if owned:
-            shutdown(context)
 
 
 def _device_type(suite: dict) -> str | None:

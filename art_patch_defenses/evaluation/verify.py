@@ -380,15 +380,13 @@ def verify_suite(source, output_dir=None, n: int | None = None, verbose: bool = 
 
     from art_patch_defenses.data import load_dataset
     from art_patch_defenses.evaluation.config import load_config
-    from art_patch_defenses.evaluation.distributed import broadcast_object, init_distributed, shutdown
+    from art_patch_defenses.evaluation.distributed import broadcast_object, distributed_session
     from art_patch_defenses.evaluation.results import SHARD_DIR, _remove_artefact, write_atomic
     from art_patch_defenses.evaluation.runner import build_estimator, scenario_label
 
     suite = load_config(source)
     make_chunks(np.zeros(1, dtype=int), images_per_class)  # checks images_per_class
-    owned = context is None
-    context = context or init_distributed()
-    try:
+    with distributed_session(context=context) as context:
         sharded = bool(sharded) or resume or context.distributed
         output_dir = Path(broadcast_object(context, str(output_dir or Path("outputs")
                                                         / time.strftime("verify-%Y%m%d-%H%M%S"))))
@@ -425,6 +423,3 @@ def verify_suite(source, output_dir=None, n: int | None = None, verbose: bool = 
                                      "skipped": skipped, "timestamp": int(time.time())}, indent=2) + "\n")
         return {"reports": reports, "skipped": skipped, "file": path, "rank": context.rank,
                 "world_size": context.world_size}
-    finally:
-        if owned:
-            shutdown(context)
