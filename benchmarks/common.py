@@ -21,6 +21,9 @@ import numpy as np
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATE_OPTIONS = ["--sharded", "--resume", "--quiet"]
+#: The robust-masking benchmarks' ``--backbone`` names -> registered models (checkpoints/checkpoints.json).
+ROBUST_MASKING_BACKBONES = {"ds": "cifar_mask_ds", "ds_crop": "cifar_mask_ds_crop", "ds_crop56": "cifar_mask_ds_crop56",
+                            "bagnet": "cifar_bagnet"}
 
 
 def accuracy(classifier, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import accuracy_intervals, pyplot, save_figure, write_result  # noqa: E402
+from common import ROBUST_MASKING_BACKBONES, accuracy_intervals, pyplot, save_figure, write_result  # noqa: E402
 
 from art_patch_defenses.attacks import masked_pgd  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
@@ -66,7 +66,7 @@ def plot_certified_by_patch_size(by_side: dict, vanilla: float, backbone: str, p
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=("ds", "ds_crop", "ds_crop56", "bagnet"), default="ds")
+    parser.add_argument("--backbone", choices=list(ROBUST_MASKING_BACKBONES), default="ds")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--reference-n", type=int, default=100)
@@ -79,8 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     args.figure = args.figure or Path(__file__).resolve().parents[1] / "docs" / f"robust_masking_{args.backbone}.png"
 
-    name = {"ds": "cifar_mask_ds", "ds_crop": "cifar_mask_ds_crop", "ds_crop56": "cifar_mask_ds_crop56",
-            "bagnet": "cifar_bagnet"}[args.backbone]
+    name = ROBUST_MASKING_BACKBONES[args.backbone]
     path = Path(args.checkpoint) if args.checkpoint else weights_path(name, "trained")
     feature_type = args.feature_type or ("prediction" if args.backbone.startswith("ds") else "logits")
     estimator = get_art_model({"name": name, "weights": str(path), "patch_size": 5, "feature_type": "logits"})
