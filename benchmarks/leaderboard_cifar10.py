@@ -23,7 +23,10 @@ script only runs those commands (``--assemble`` skips them) and assembles their 
   certificate), each from the row's own ``certify``.
 
 Every accuracy carries its 95% Clopper-Pearson interval. Run ``.venv/bin/python benchmarks/leaderboard_cifar10.py``
-(``--rows undefended fnc`` for some rows; a run interrupted part-way resumes from its finished chunks).
+(``--rows undefended fnc`` for some rows; a run interrupted part-way resumes from its finished chunks). A row that
+takes longer than a session (MRS, :data:`LONG_RUNS`) is run across sessions: ``--keep-chunks`` copies its finished
+chunks into ``benchmarks/results/leaderboard_chunks/<row>`` to be committed, and the next run (in a fresh checkout)
+copies them back and continues.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,13 +59,18 @@ ROWS = {
     "mrs": "MRS", "scalecert": "ScaleCert", "patchcleanser": "PatchCleanser",
 }
 EMPIRICAL = ("undefended", "fnc", "patchzero", "patchzero_masked")
-#: Rows whose run does not fit this machine, and why (shown in place of "pending" while nothing of the run exists).
-NOT_RUN = {
+#: Rows whose run takes longer than a session on this machine, and why; they are run across sessions with their
+#: finished chunks kept in :data:`KEPT_CHUNKS` (shown beside "pending" until the row is complete).
+LONG_RUNS = {
     "mrs": "one MRS predict localises and smooths (about 1,800 forward passes: 2.0 s per image at one thread, "
            "benchmarks/results/mrs_cifar10.json), so the ensemble's 100-query random search alone is 50,000 predicts "
            "on 500 images, about 28 CPU-hours, and the white-box part judges up to 15 candidates per image with it "
-           "(up to 4.3 CPU-hours more), on a machine of 2 CPU cores",
+           "(up to 4.3 CPU-hours more), on a machine of 2 CPU cores; run across sessions, its finished chunks kept in "
+           "benchmarks/results/leaderboard_chunks/mrs",
 }
+#: Finished chunks of a row whose run spans sessions (MRS), committed so that a fresh checkout continues the run
+#: instead of starting it again: ``--keep-chunks`` writes them, ``run`` reads back what its output dir lacks.
+KEPT_CHUNKS = RESULTS_DIR / "leaderboard_chunks"
 MASKING_TOLERANCE = 0.02  # random search this far below the white-box figure: the gradients mislead the attack
 CERTIFICATE_COLUMNS = {RECOVERY: "certified_recovery", DETECTION: "certified_detection", REGION_L2: "region_l2_bound"}
 
@@ -78,7 +87,35 @@ def command(row: str) -> list[str]:
 
 
 def run(row: str) -> None:
+    restore_chunks(row)
     run_evaluate(CONFIGS / f"cifar10_{row}.json", OUTPUTS / row, chunk_per_class(row))
+
+
+def run_files(row: str) -> list[Path]:
+    """What a resumed run of ``row`` needs, relative to its output dir: its config and its finished chunk files."""
+    base = OUTPUTS / row
+    stores = sorted((base / "shards").glob("evaluate-*"))
+    members = [path for store in stores for path in sorted(store.iterdir()) if path.suffix in (".json", ".npz")]
+    return [path.relative_to(base) for path in [base / "config.json", *members] if path.is_file()]
+
+
+def keep_chunks(row: str) -> None:
+    """Copy ``row``'s finished chunks (and its config) into :data:`KEPT_CHUNKS`, to be committed."""
+    for name in run_files(row):
+        target = KEPT_CHUNKS / row / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(OUTPUTS / row / name, target)
+
+
+def restore_chunks(row: str) -> None:
+    """Copy the kept chunks of ``row`` that its output dir lacks back into it (``evaluate --resume`` checks that they
+    belong to this config, seed, chunking, weights and version)."""
+    kept = KEPT_CHUNKS / row
+    for path in sorted(kept.rglob("*")) if kept.is_dir() else []:
+        target = OUTPUTS / row / path.relative_to(kept)
+        if path.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
 
 
 def fraction(value: float, n: int) -> dict:
@@ -255,7 +292,7 @@ def render(board: dict) -> None:
         entry = rows.get(name)
         if entry is None:
             state = board["pending"].get(name, "not started")
-            why = f"not run: {NOT_RUN[name]}" if name in NOT_RUN and state == "not started" else f"pending: {state}"
+            why = f"pending: {state}" + (f" ({LONG_RUNS[name]})" if name in LONG_RUNS else "")
             lines.append(f"| {title} | {why} | | | | | | | | |")
             continue
         flag = " (gradient masking suspected)" if entry.get("gradient_masking_suspected") else ""
@@ -290,6 +327,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--assemble", action="store_true", help="only assemble the rows' finished outputs")
+    parser.add_argument("--keep-chunks", action="store_true",
+                        help="copy the finished chunks of the rows that are not complete into "
+                             "benchmarks/results/leaderboard_chunks (commit them: a fresh checkout continues the run)")
     parser.add_argument("--threads", default=f"torch threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
                         help="how the runs shared the cores (recorded)")
     args = parser.parse_args()
@@ -301,6 +341,7 @@ def main() -> None:
             run(row)
             if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file():
                 run(f"{row}_alert_is_safe")
+        restore_chunks(row)
         if status(row) == "complete":
             problem = stale_weights(row, board["rows"].get(row))
             if problem:
@@ -315,7 +356,14 @@ def main() -> None:
                           **{f"{row}_alert_is_safe": progress(f"{row}_alert_is_safe") for row in board["rows"]
                              if (CONFIGS / f"cifar10_{row}_alert_is_safe.json").is_file()
                              and "attacked_right_or_alert" not in board["rows"][row]}},
-                 not_run={row: why for row, why in NOT_RUN.items() if row not in board["rows"]})
+                 long_runs={row: why for row, why in LONG_RUNS.items() if row not in board["rows"]})
+    board.pop("not_run", None)  # the name of long_runs before runs were kept across sessions
+    if args.keep_chunks:
+        for row in args.rows:
+            if status(row) == "complete":  # its figures are on the board; the chunks stay in git's history
+                shutil.rmtree(KEPT_CHUNKS / row, ignore_errors=True)
+            else:
+                keep_chunks(row)
     LEADERBOARD_JSON.write_text(json.dumps(board, indent=2) + "\n")
     render(board)
     print((DOCS / "leaderboard.md").read_text())

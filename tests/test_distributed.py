@@ -280,6 +280,28 @@ def test_killed_rank_then_resume_equals_uninterrupted_run(tmp_path, suite_file, 
     assert chunks["reused"] == len(written) and chunks["computed"] == 4 - len(written)
 
 
+def test_chunks_kept_for_a_commit_continue_the_run_in_a_fresh_checkout(tmp_path, monkeypatch, suite_file,
+                                                                       single_process):
+    """``benchmarks/leaderboard_cifar10.py --keep-chunks``: a run's finished chunks copied out (to be committed) and
+    back into the empty output dir of a fresh checkout are read back by ``--resume``, none computed again, and the
+    results are the same."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import leaderboard_cifar10 as leaderboard
+
+    monkeypatch.setattr(leaderboard, "KEPT_CHUNKS", tmp_path / "kept")
+    monkeypatch.setattr(leaderboard, "OUTPUTS", single_process.parent)
+    leaderboard.keep_chunks(single_process.name)
+    kept = sorted(path.name for path in (tmp_path / "kept" / single_process.name).rglob("*.json"))
+    assert "config.json" in kept and "manifest.json" not in kept and "results.json" not in kept
+    monkeypatch.setattr(leaderboard, "OUTPUTS", tmp_path / "fresh")
+    leaderboard.restore_chunks(single_process.name)
+    out = tmp_path / "fresh" / single_process.name
+    run_suite(suite_file, out, verbose=False, resume=True)
+    assert _comparable(out / "results.json") == _comparable(single_process / "results.json")
+    for scenario in read_manifest(out)["scenarios"]:
+        assert scenario["chunks"]["computed"] == 0 and scenario["chunks"]["reused"] > 0
+
+
 # --- (d) verify under two ranks --------------------------------------------------------------------------------
 
 
