@@ -285,7 +285,7 @@ def test_chunks_kept_for_a_commit_continue_the_run_in_a_fresh_checkout(tmp_path,
     """``benchmarks/leaderboard_cifar10.py --keep-chunks``: a run's finished chunks copied out (to be committed) and
     back into the empty output dir of a fresh checkout are read back by ``--resume``, none computed again, and the
     results are the same."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import leaderboard_cifar10 as leaderboard
 
     monkeypatch.setattr(leaderboard, "KEPT_CHUNKS", tmp_path / "kept")
