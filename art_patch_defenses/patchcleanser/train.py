@@ -3,8 +3,8 @@
 Run, e.g.: ``python -m art_patch_defenses.patchcleanser.train --depth 20 --epochs 4``; the checkpoint goes to
 ``checkpoints/cifar10_resnet<depth>_patchcleanser.pt`` (registry tag ``"patchcleanser"``), with its command and log.
 ``--holdout n`` trains on the other training images and logs double masking's clean and certified accuracy on the
-``n`` left out (class-balanced, seed 0; the largest patch size, about 1.4 s per image on one thread; before and after
-training), so a recipe is chosen without the test images.
+``n`` left out (class-balanced, seed 0; the largest patch size, about 1.4-2.5 s per image on one thread; before and
+after training), so a recipe is chosen without the test images.
 """
 
 from __future__ import annotations
