@@ -1,8 +1,8 @@
 """PatchCleanser on CIFAR-10: clean and certified accuracy (5x5 = 2.4%, 2x2 = 0.4%), speed, soundness.
 
 Model: ``checkpoints/cifar10_resnet20_patchcleanser.pt`` (the fine-tuned ResNet-20, then fine-tuned with two masks
-of the 2x2 or 5x5 mask set per image; see ``checkpoints.json``); k = 6 masks per axis, masked pixels set to the
-normalisation mean. Data: ``--n`` class-balanced shared test images (seed 0).
+of the 2x2 or 5x5 mask set per image; see ``checkpoints.json``); k = 6 masks per axis (``--masks-per-axis``), masked
+pixels set to the normalisation mean. Data: ``--n`` class-balanced shared test images (seed 0).
 - ``clean_accuracy``: double masking for a 5x5 patch (from ``certify``'s prediction map);
   ``clean_accuracy_undefended``: the same weights without masks; ``clean_accuracy_finetuned_undefended``: the
   fine-tuned ResNet-20 it started from (the model the goal compares with);
@@ -15,7 +15,8 @@ normalisation mean. Data: ``--n`` class-balanced shared test images (seed 0).
   L-inf eps 1.0, step 0.1, ``--pgd-iter`` iterations, seeded random start): patched images whose double-masking
   label is not the label (must be 0); ``soundness_attack`` also counts the patches that fool the base classifier.
 
-Run: ``.venv/bin/python benchmarks/patchcleanser_cifar10.py``.
+Run: ``.venv/bin/python benchmarks/patchcleanser_cifar10.py``; ``--masks-per-axis K`` (chosen on training images by
+``patchcleanser_mask_tuning.py``) writes ``patchcleanser_cifar10_k<K>.json`` beside the k = 6 headline.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def main() -> None:
     parser.add_argument("--attack-n", type=int, default=50)
     parser.add_argument("--attack-stride", type=int, default=3)
     parser.add_argument("--pgd-iter", type=int, default=10)
+    parser.add_argument("--masks-per-axis", type=int, default=6, help="k (the paper's 6 is the headline)")
     args = parser.parse_args()
 
     path = weights_path("cifar_resnet20", "patchcleanser")
     weights_sha256 = sha256_of(path)  # of the weights loaded now, not of whatever the file holds at the end
     estimator = get_art_model({"name": "cifar_resnet20", "weights": "patchcleanser", "patch_size": 5,
-                               "masks_per_axis": 6})
+                               "masks_per_axis": args.masks_per_axis})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
     results: dict = {}
     finetuned = make_classifier(build_model("cifar_resnet20", "finetuned"), "cifar_resnet20")
@@ -85,7 +87,7 @@ def main() -> None:
 
     config = {
         "model": "cifar_resnet20", "weights": path.name, "weights_sha256": weights_sha256,
-        "masks": {"masks_per_axis": 6, "fill": "normalisation mean (zero in the normalised input)",
+        "masks": {"masks_per_axis": args.masks_per_axis, "fill": "normalisation mean (zero in the normalised input)",
                   "mask_side_5x5": int(estimator.masks()[0].sum(0).max()),
                   "mask_side_2x2": int(estimator_2.masks()[0].sum(0).max())},
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
@@ -101,7 +103,8 @@ def main() -> None:
     }
     accuracies = ("clean_accuracy_finetuned_undefended", "clean_accuracy_undefended", "clean_accuracy",
                   "certified_accuracy_5x5", "clean_accuracy_2x2", "certified_accuracy_2x2")
-    write_result("patchcleanser_cifar10", config, results, images=dict.fromkeys(accuracies, len(test)))
+    name = "patchcleanser_cifar10" if args.masks_per_axis == 6 else f"patchcleanser_cifar10_k{args.masks_per_axis}"
+    write_result(name, config, results, images=dict.fromkeys(accuracies, len(test)))
 
 
 if __name__ == "__main__":
