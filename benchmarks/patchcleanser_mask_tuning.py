@@ -43,7 +43,7 @@ TIE = 0.005
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--ks", type=int, nargs="+", default=[6, 7, 10], help="masks per axis to compare")
     args = parser.parse_args()
 
