@@ -7,7 +7,7 @@ diminishing returns). Model: ``checkpoints/cifar10_resnet20_patchcleanser.pt`` a
 masked pixels set to the normalisation mean.
 
 Data: ``--n`` class-balanced training images (seed 5). The model was fine-tuned on every training image, so these
-figures are not test figures (they run high); they are never test images, which is what the choice needs
+figures are not test figures; they are never test images, which is what the choice needs
 (``patchcleanser_cifar10.py --masks-per-axis K`` measures it on the test slice).
 
 Per k: ``clean_accuracy`` (double masking) and ``certified_accuracy_5x5`` from :meth:`PyTorchPatchCleanser.certify`,
