@@ -35,6 +35,7 @@ from common import write_result  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.evaluation.verify import verify_certificates  # noqa: E402
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
+from art_patch_defenses.models.checkpoints import positive_int  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.patchcleanser import get_art_model  # noqa: E402
 
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--attack-n", type=int, default=50)
     parser.add_argument("--attack-stride", type=int, default=3)
     parser.add_argument("--pgd-iter", type=int, default=10)
-    parser.add_argument("--masks-per-axis", type=int, default=6, help="k (the paper's 6 is the headline)")
+    parser.add_argument("--masks-per-axis", type=positive_int, default=6, help="k (the paper's 6 is the headline)")
     args = parser.parse_args()
 
     path = weights_path("cifar_resnet20", "patchcleanser")

@@ -2,9 +2,10 @@
 
 More masks per axis make each mask smaller (on 32x32 for a 5x5 patch: k = 6 -> 9x9 masks, 7 -> 8x8, 10 -> 7x7), so
 the one- and two-mask predictions see more of the object, at the cost of k^2 first-round and about k^4 / 2 second-round
-forward passes per certificate (Xiang et al., USENIX Security 2022, sec. 5.3: certified accuracy grows with k, with
-diminishing returns). Model: ``checkpoints/cifar10_resnet20_patchcleanser.pt`` as ``patchcleanser_cifar10.py``,
-masked pixels set to the normalisation mean.
+forward passes per certificate (k is a parameter of the defence, Xiang et al., USENIX Security 2022,
+https://arxiv.org/abs/2108.09135; smaller masks are expected to keep more right predictions). Model:
+``checkpoints/cifar10_resnet20_patchcleanser.pt`` as ``patchcleanser_cifar10.py``, masked pixels set to the
+normalisation mean.
 
 Data: ``--n`` class-balanced training images (seed 5). The model was fine-tuned on every training image, so these
 figures are not test figures; they are never test images, which is what the choice needs
@@ -34,6 +35,7 @@ from common import ROOT, keep_figures, kept_figures, write_result  # noqa: E402
 
 from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.models import sha256_of  # noqa: E402
+from art_patch_defenses.models.checkpoints import positive_int  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.patchcleanser import get_art_model  # noqa: E402
 
@@ -43,8 +45,8 @@ TIE = 0.005
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--ks", type=int, nargs="+", default=[6, 7, 10], help="masks per axis to compare")
+    parser.add_argument("--n", type=positive_int, default=100)
+    parser.add_argument("--ks", type=positive_int, nargs="+", default=[6, 7, 10], help="masks per axis to compare")
     args = parser.parse_args()
 
     train = load_dataset("cifar10", "train", n=args.n, seed=5)
