@@ -102,8 +102,16 @@ def test_prediction_map_is_symmetric_and_agrees_with_the_fast_path(cleanser, mni
             assert prediction_map[n, i, j] == cleanser.predict_base(copy).argmax(1)[0]
     np.testing.assert_array_equal(cleanser.robust_labels(x), double_masking_from_map(prediction_map))
     np.testing.assert_array_equal(cleanser.predict(x).argmax(1), double_masking_from_map(prediction_map))
-    result = cleanser.certify(x, mnist_test.y[::25][:12])
-    np.testing.assert_array_equal(result.certified, certified_from_map(prediction_map, mnist_test.y[::25][:12]))
+    labels = mnist_test.y[::25][:12].copy()
+    labels[::4] = (labels[::4] + 1) % 10  # some wrong labels: ruled out by their one-mask predictions
+    reference = double_masking_from_map(prediction_map)
+    for y, target in ((mnist_test.y[::25][:12], mnist_test.y[::25][:12]), (labels, labels), (None, reference)):
+        result = cleanser.certify(x, y, batch_size=7)  # small batches: the two-mask pairs stop part-way
+        np.testing.assert_array_equal(result.prediction, reference)
+        np.testing.assert_array_equal(result.certified, certified_from_map(prediction_map, target))
+    one_mask_right = np.all(np.diagonal(prediction_map, axis1=1, axis2=2) == mnist_test.y[::25][:12, None], axis=1)
+    certified = certified_from_map(prediction_map, mnist_test.y[::25][:12])
+    assert np.any(certified) and np.any(one_mask_right & ~certified)  # a full run and a stop part-way are exercised
 
 
 def test_certified_samples_keep_their_label_under_patches_everywhere(cleanser, mnist_test):
