@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from art_patch_defenses.data import load_dataset  # noqa: E402
+from art_patch_defenses.models import sha256_of  # noqa: E402
 from art_patch_defenses.models.checkpoints import positive_int  # noqa: E402
+from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.patchcleanser import certified_from_map, double_masking_from_map, get_art_model  # noqa: E402
 
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--masks-per-axis", type=positive_int, default=6)
     args = parser.parse_args()
 
+    weights_sha256 = sha256_of(weights_path("cifar_resnet20", "patchcleanser"))
     estimator = get_art_model({"name": "cifar_resnet20", "weights": "patchcleanser", "patch_size": 5,
                                "masks_per_axis": args.masks_per_axis})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
@@ -54,7 +57,7 @@ def main() -> None:
         "agree": agree,
     }
     config = {"model": "cifar_resnet20", "weights": "cifar10_resnet20_patchcleanser.pt",
-              "masks_per_axis": args.masks_per_axis, "patch": [5, 5],
+              "weights_sha256": weights_sha256, "masks_per_axis": args.masks_per_axis, "patch": [5, 5],
               "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
               "timing": "wall-clock seconds of each path over all images, both in this process"}
     write_result(f"patchcleanser_certify_speed_k{args.masks_per_axis}", config, results,

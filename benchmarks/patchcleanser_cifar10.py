@@ -42,11 +42,11 @@ from art_patch_defenses.patchcleanser import get_art_model  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--timing-n", type=int, default=100)
-    parser.add_argument("--attack-n", type=int, default=50)
-    parser.add_argument("--attack-stride", type=int, default=3)
-    parser.add_argument("--pgd-iter", type=int, default=10)
+    parser.add_argument("--n", type=positive_int, default=1000)
+    parser.add_argument("--timing-n", type=positive_int, default=100)
+    parser.add_argument("--attack-n", type=positive_int, default=50)
+    parser.add_argument("--attack-stride", type=positive_int, default=3)
+    parser.add_argument("--pgd-iter", type=positive_int, default=10)
     parser.add_argument("--masks-per-axis", type=positive_int, default=6, help="k (the paper's 6 is the headline)")
     args = parser.parse_args()
 

@@ -2,7 +2,7 @@
 
 More masks per axis make each mask smaller (on 32x32 for a 5x5 patch: k = 6 -> 9x9 masks, 7 -> 8x8, 10 -> 7x7), so
 the one- and two-mask predictions see more of the object, at the cost of k^2 first-round and about k^4 / 2 second-round
-forward passes per certificate (k is a parameter of the defence, Xiang et al., USENIX Security 2022,
+forward passes per certified image (k is a parameter of the defence, Xiang et al., USENIX Security 2022,
 https://arxiv.org/abs/2108.09135; smaller masks are expected to keep more right predictions). Model:
 ``checkpoints/cifar10_resnet20_patchcleanser.pt`` as ``patchcleanser_cifar10.py``, masked pixels set to the
 normalisation mean.
