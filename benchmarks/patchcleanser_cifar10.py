@@ -1,11 +1,12 @@
 """PatchCleanser on CIFAR-10: clean and certified accuracy (5x5 = 2.4%, 2x2 = 0.4%), speed, soundness.
 
-Model: ``checkpoints/cifar10_resnet20_patchcleanser.pt`` (the fine-tuned ResNet-20, then fine-tuned with two masks
-of the 2x2 or 5x5 mask set per image; see ``checkpoints.json``); k = 6 masks per axis (``--masks-per-axis``), masked
-pixels set to the normalisation mean. Data: ``--n`` class-balanced shared test images (seed 0).
+Model: ``checkpoints/cifar10_resnet<depth>_patchcleanser.pt`` (``--depth``, 20 by default: the fine-tuned ResNet, then
+fine-tuned with two masks of the 2x2 or 5x5 mask set per image; see ``checkpoints.json``); k = 6 masks per axis
+(``--masks-per-axis``), masked pixels set to the normalisation mean.
+Data: ``--n`` class-balanced shared test images (seed 0).
 - ``clean_accuracy``: double masking for a 5x5 patch (from ``certify``'s prediction map);
   ``clean_accuracy_undefended``: the same weights without masks; ``clean_accuracy_finetuned_undefended``: the
-  fine-tuned ResNet-20 it started from (the model the goal compares with);
+  fine-tuned ResNet it started from (the model the goal compares with);
 - ``certified_accuracy_*``: :meth:`PyTorchPatchCleanser.certify` (every one- and two-mask prediction right);
 - ``seconds_per_image``: ``predict`` (double masking, one-mask predictions first) over ``--timing-n`` images,
   with the torch threads in ``environment``;
@@ -16,7 +17,8 @@ pixels set to the normalisation mean. Data: ``--n`` class-balanced shared test i
   label is not the label (must be 0); ``soundness_attack`` also counts the patches that fool the base classifier.
 
 Run: ``.venv/bin/python benchmarks/patchcleanser_cifar10.py``; ``--masks-per-axis K`` (chosen on training images by
-``patchcleanser_mask_tuning.py``) writes ``patchcleanser_cifar10_k<K>.json`` beside the k = 6 headline.
+``patchcleanser_mask_tuning.py``) writes ``patchcleanser_cifar10_k<K>.json`` beside the k = 6 headline; ``--depth 56``
+adds ``_resnet56`` to the name.
 """
 
 from __future__ import annotations
@@ -48,15 +50,17 @@ def main() -> None:
     parser.add_argument("--attack-stride", type=positive_int, default=3)
     parser.add_argument("--pgd-iter", type=positive_int, default=10)
     parser.add_argument("--masks-per-axis", type=positive_int, default=6, help="k (the paper's 6 is the headline)")
+    parser.add_argument("--depth", type=int, choices=(20, 56), default=20, help="CIFAR ResNet depth")
     args = parser.parse_args()
 
-    path = weights_path("cifar_resnet20", "patchcleanser")
+    model = f"cifar_resnet{args.depth}"
+    path = weights_path(model, "patchcleanser")
     weights_sha256 = sha256_of(path)  # of the weights loaded now, not of whatever the file holds at the end
-    estimator = get_art_model({"name": "cifar_resnet20", "weights": "patchcleanser", "patch_size": 5,
+    estimator = get_art_model({"name": model, "weights": "patchcleanser", "patch_size": 5,
                                "masks_per_axis": args.masks_per_axis})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
     results: dict = {}
-    finetuned = make_classifier(build_model("cifar_resnet20", "finetuned"), "cifar_resnet20")
+    finetuned = make_classifier(build_model(model, "finetuned"), model)
     results["clean_accuracy_finetuned_undefended"] = float(np.mean(finetuned.predict(test.x).argmax(1) == test.y))
     results["clean_accuracy_undefended"] = float(np.mean(estimator.predict_base(test.x).argmax(1) == test.y))
     seconds = {}
@@ -87,7 +91,7 @@ def main() -> None:
     results["seconds"] = seconds
 
     config = {
-        "model": "cifar_resnet20", "weights": path.name, "weights_sha256": weights_sha256,
+        "model": model, "weights": path.name, "weights_sha256": weights_sha256,
         "masks": {"masks_per_axis": args.masks_per_axis, "fill": "normalisation mean (zero in the normalised input)",
                   "mask_side_5x5": int(estimator.masks()[0].sum(0).max()),
                   "mask_side_2x2": int(estimator_2.masks()[0].sum(0).max())},
@@ -104,7 +108,8 @@ def main() -> None:
     }
     accuracies = ("clean_accuracy_finetuned_undefended", "clean_accuracy_undefended", "clean_accuracy",
                   "certified_accuracy_5x5", "clean_accuracy_2x2", "certified_accuracy_2x2")
-    name = "patchcleanser_cifar10" if args.masks_per_axis == 6 else f"patchcleanser_cifar10_k{args.masks_per_axis}"
+    name = "patchcleanser_cifar10" + ("" if args.depth == 20 else f"_resnet{args.depth}") + (
+        "" if args.masks_per_axis == 6 else f"_k{args.masks_per_axis}")
     write_result(name, config, results, images=dict.fromkeys(accuracies, len(test)))
 
 
