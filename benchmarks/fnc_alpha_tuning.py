@@ -19,6 +19,11 @@ patch each (seed 0). The chosen candidate has the largest worst-case gain (the s
 over undefended) among those whose clean drop is at most ``--max-clean-drop``. One AdvP patch's figure moves by a few
 points with its seed (``fnc_cifar10.py`` trains three), so candidates a point or two apart are a toss-up.
 
+``--fnc-weights <tag or path>`` inserts the candidates' FNC into other weights (e.g. trained through the clipping by
+``python -m art_patch_defenses.fnc.train``; its training skips the 2,000 images used here) and writes
+``fnc_alpha_tuning[_cifar_resnet20]_<weights file stem>.json``; inf,inf,inf stays the fine-tuned model, so gains and
+drops are against the model a user starts from.
+
 Each candidate's figures are kept under ``outputs/benchmarks/fnc_alpha_tuning/`` as it finishes, so an interrupted
 run resumes. Run: ``.venv/bin/python benchmarks/fnc_alpha_tuning.py`` (about 8 minutes per ResNet-56 candidate, 3
 per ResNet-20 one, on one thread beside other runs); writes ``benchmarks/results/fnc_alpha_tuning.json``.
@@ -40,14 +45,15 @@ from common import ROOT, accuracy, keep_figures, kept_figures, write_result  # n
 
 from art_patch_defenses.attacks import adversarial_patch, lavan_patch  # noqa: E402
 from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
-from art_patch_defenses.data import CIFAR10_CLASSES, balanced_subset, load_dataset  # noqa: E402
+from art_patch_defenses.data import CIFAR10_CLASSES, load_dataset  # noqa: E402
 from art_patch_defenses.fnc import cascaded_modules, fnc_classifier  # noqa: E402
+from art_patch_defenses.fnc import training as fnc_training  # noqa: E402
 from art_patch_defenses.geometry import paste_patch, patch_shape, random_locations  # noqa: E402
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 
 TARGET = CIFAR10_CLASSES.index("dog")
-STAGES = 3
+STAGES = fnc_training.STAGES
 # The first ten were the first grid; the next four fill the gap between 1.2 (too costly) and 1.5 (chosen then), and
 # the last probes harder clipping in stages 1-2 after 1.2,1.2,1.5 did best of those (it cost 0.042 clean: no further).
 CANDIDATES = ("inf,inf,inf", "1.2,1.2,1.2", "1.5,1.5,1.5", "2.0,2.0,2.0", "inf,inf,1.2", "2.0,2.0,1.2",
@@ -59,19 +65,16 @@ STORE = ROOT / "outputs" / "benchmarks" / "fnc_alpha_tuning"
 
 def stage_alphas(candidate: str) -> list[float]:
     """``a1,a2,a3`` -> one alpha per stage."""
-    values = [float(value) for value in candidate.split(",")]
-    if len(values) != STAGES or not all(value > 0 for value in values):
+    values = fnc_training.stage_alphas(candidate)
+    if len(values) != STAGES:
         raise ValueError(f"a candidate is {STAGES} positive alphas a1,a2,a3 (inf: no clipping), got {candidate!r}")
     return values
 
 
 def split_training_images(patch_n: int, eval_n: int):
-    """The patch-training images (``load_dataset`` train, seed 1) and ``eval_n`` other class-balanced training
-    images (seed 2)."""
+    """The patch-training images and the evaluation images of :func:`~art_patch_defenses.fnc.tuning_split`."""
     train = load_dataset("cifar10", "train")
-    patch_index = balanced_subset(train.y, patch_n, seed=1)
-    rest = np.setdiff1d(np.arange(len(train.y)), patch_index)
-    eval_index = rest[balanced_subset(train.y[rest], eval_n, seed=2)]
+    patch_index, eval_index = fnc_training.tuning_split(train.y, patch_n, eval_n)
     return (train.x[patch_index], train.y[patch_index]), (train.x[eval_index], train.y[eval_index])
 
 
@@ -105,6 +108,9 @@ def main() -> None:
     parser.add_argument("--advp-passes", type=int, default=15)
     parser.add_argument("--lavan-steps", type=int, default=250)
     parser.add_argument("--max-clean-drop", type=float, default=0.015)
+    parser.add_argument("--fnc-weights", default=None,
+                        help="weights tag or path of the model the candidates insert FNC into (default: the fine-tuned "
+                             "model; 'fnc': fine-tuned with FNC by fnc.train); inf,inf,inf stays the fine-tuned model")
     args = parser.parse_args()
     alphas = {candidate: stage_alphas(candidate) for candidate in args.candidates}
     if "inf,inf,inf" not in alphas:
@@ -112,8 +118,13 @@ def main() -> None:
 
     weights = weights_path(args.model, "finetuned")
     undefended = make_classifier(build_model(args.model, "finetuned"), args.model)
+    fnc_weights = weights_path(args.model, args.fnc_weights or "finetuned")
+    fnc_base = make_classifier(build_model(args.model, fnc_weights), args.model) if args.fnc_weights else undefended
     blocks = len(cascaded_modules(undefended.model))
-    store = STORE if args.model == MODELS[0] else STORE / args.model
+    name = "fnc_alpha_tuning" if args.model == MODELS[0] else f"fnc_alpha_tuning_{args.model}"
+    store = STORE.parent / name  # the undefended figures are shared by runs with other --fnc-weights
+    if args.fnc_weights:
+        name += f"_{fnc_weights.stem}"
     patch_set, eval_set = split_training_images(args.patch_train_n, args.eval_n)
     shape = patch_shape(0.1, eval_set[0].shape[2:])
     locations = random_locations(len(eval_set[1]), eval_set[0].shape[2:], shape, seed=2)
@@ -122,14 +133,19 @@ def main() -> None:
     store.mkdir(parents=True, exist_ok=True)
     figures = {}
     for candidate, values in alphas.items():
+        undefended_row = all(math.isinf(v) for v in values)
         stored = store / f"{candidate.replace(',', '_')}.json"
-        if (kept := kept_figures(stored, settings)) is not None:  # finished by an interrupted run
+        kept_settings = settings
+        if args.fnc_weights and not undefended_row:
+            stored = stored.with_name(f"{stored.stem}_{fnc_weights.stem}.json")
+            kept_settings = {**settings, "fnc_weights_sha256": sha256_of(fnc_weights)}
+        if (kept := kept_figures(stored, kept_settings)) is not None:  # finished by an interrupted run
             figures[candidate] = kept
             continue
         per_layer = [value for value in values for _ in range(blocks // STAGES)]
-        classifier = undefended if all(math.isinf(v) for v in values) else fnc_classifier(undefended, per_layer)
+        classifier = undefended if undefended_row else fnc_classifier(fnc_base, per_layer)
         figures[candidate] = evaluate(classifier, patch_set, eval_set, locations, shape, args)
-        keep_figures(stored, settings, figures[candidate])
+        keep_figures(stored, kept_settings, figures[candidate])
         print(candidate, figures[candidate], flush=True)
 
     base = figures["inf,inf,inf"]
@@ -146,7 +162,8 @@ def main() -> None:
                if c != "inf,inf,inf" and results[f"clean_drop_{c.replace(',', '_')}"] <= args.max_clean_drop]
     results["chosen"] = max(allowed, key=lambda c: results[f"worst_gain_{c.replace(',', '_')}"], default=None)
     config = {
-        "model": args.model, "weights": weights.name, **settings,
+        "model": args.model, "weights": weights.name, **settings, "fnc_weights": fnc_weights.name,
+        "fnc_weights_sha256": sha256_of(fnc_weights),
         "fnc": f"one alpha per stage of {blocks // STAGES} residual blocks ({blocks} FNC layers); the model's own BN "
                "statistics",
         "data": f"training images only: patches trained on {args.patch_train_n} class-balanced (seed 1), evaluated "
@@ -155,7 +172,6 @@ def main() -> None:
         "choice": f"largest worst-case gain (min of AdvP and LaVAN) with clean drop <= {args.max_clean_drop}",
         "seconds": {candidate: found["seconds"] for candidate, found in figures.items()},
     }
-    name = "fnc_alpha_tuning" if args.model == MODELS[0] else f"fnc_alpha_tuning_{args.model}"
     write_result(name, config, results,
                  images={key: args.eval_n for key in results if key.startswith(("clean_accuracy", "adversarial"))})
 

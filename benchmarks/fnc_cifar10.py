@@ -16,6 +16,10 @@ Adversarial accuracy counts a test image as correct when the patched image is st
 Each attack trains ``--attack-seeds`` patches (3) per estimator, each from its own seed, and the strongest (the lowest
 accuracy) is the headline: one patch's figure moves by a few points with its seed.
 
+``--fnc-weights`` puts FNC into other weights of the same model (e.g. ``outputs/.../cifar10_resnet56_fnc.pt`` from
+``python -m art_patch_defenses.fnc.train``, trained through the clipping) while the undefended rows keep ``--weights``;
+the JSON then also gives those weights' clean accuracy without FNC.
+
 Second architecture: ``--model cifar_resnet20 --out fnc_cifar10_resnet20`` (the fine-tuned ResNet-20, FNC after its 9
 blocks; its alpha from ``fnc_alpha_tuning.py --model cifar_resnet20``).
 
@@ -41,6 +45,7 @@ from art_patch_defenses.attacks import adversarial_patch, lavan_patch  # noqa: E
 from art_patch_defenses.attacks.masked import seed_art_random_start  # noqa: E402
 from art_patch_defenses.data import CIFAR10_CLASSES, load_dataset  # noqa: E402
 from art_patch_defenses.fnc import cascaded_modules, fnc_classifier  # noqa: E402
+from art_patch_defenses.fnc.training import per_block, stage_alphas  # noqa: E402
 from art_patch_defenses.geometry import paste_patch, patch_area_fraction, patch_shape, random_locations  # noqa: E402
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
@@ -50,15 +55,10 @@ TARGET = CIFAR10_CLASSES.index("dog")
 
 def alpha_setting(text: str) -> list[float]:
     """``--alpha``: one number for every FNC layer, or ``a1,a2,a3``, one per stage (a third of the blocks)."""
-    values = [float(value) for value in text.split(",")]
-    if len(values) not in (1, 3) or not all(value > 0 for value in values):
-        raise argparse.ArgumentTypeError(f"one positive alpha or three (a1,a2,a3, one per stage), got {text!r}")
-    return values
-
-
-def per_block(alpha: list[float], blocks: int) -> float | list[float]:
-    """One alpha for every block, or each stage's alpha repeated over its third of the blocks."""
-    return alpha[0] if len(alpha) == 1 else [value for value in alpha for _ in range(blocks // len(alpha))]
+    try:
+        return stage_alphas(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def train_patch(attack: str, seed: int, classifier, patch_train, shape, args) -> np.ndarray:
@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--timing-repeats", type=int, default=7)
     parser.add_argument("--model", choices=("cifar_resnet56", "cifar_resnet20"), default="cifar_resnet56")
     parser.add_argument("--weights", default="finetuned", help="weights tag or path of the model")
+    parser.add_argument("--fnc-weights", default=None,
+                        help="weights tag or path of the model FNC is inserted into (default: --weights'; 'fnc': "
+                             "fine-tuned with FNC by fnc.train); the undefended rows keep --weights")
     args = parser.parse_args()
     if args.attack_seeds < 1:
         parser.error("--attack-seeds must be at least 1")
@@ -103,7 +106,9 @@ def main() -> None:
     weights = weights_path(args.model, args.weights)
     undefended = make_classifier(build_model(args.model, args.weights), args.model)
     alpha = per_block(args.alpha, len(cascaded_modules(undefended.model)))
-    defended = fnc_classifier(undefended, alpha=alpha, n_fnc=args.n_fnc)
+    fnc_weights = weights_path(args.model, args.fnc_weights or args.weights)
+    fnc_base = make_classifier(build_model(args.model, fnc_weights), args.model) if args.fnc_weights else undefended
+    defended = fnc_classifier(fnc_base, alpha=alpha, n_fnc=args.n_fnc)
     start = time.time()
     if args.recalibration_n > 0:
         defended.recalibrate_batchnorm(load_dataset("cifar10", "train", n=min(args.recalibration_n, 50000), seed=0).x)
@@ -119,6 +124,8 @@ def main() -> None:
         "clean_accuracy_undefended": accuracy(undefended, test.x, test.y),
         "clean_accuracy_fnc": accuracy(defended, test.x, test.y),
     }
+    if args.fnc_weights:  # what the FNC row's weights do without FNC
+        results["clean_accuracy_fnc_weights_without_fnc"] = accuracy(fnc_base, test.x, test.y)
     seconds: dict = {"bn_recalibration": round(recalibration_seconds, 1)}
     rows = [(label, {"fnc": defended, "undefended": undefended}[label]) for label in args.rows]
     store = ROOT / "outputs" / "benchmarks" / args.out
@@ -128,7 +135,8 @@ def main() -> None:
     for label, classifier in rows:
         # What an undefended patch depends on is the model; an FNC one also depends on the FNC setting.
         row = common if label == "undefended" else {**common, "alpha": alpha, "n_fnc": args.n_fnc,
-                                                     "recalibration_n": args.recalibration_n}
+                                                     "recalibration_n": args.recalibration_n,
+                                                     "fnc_weights_sha256": sha256_of(fnc_weights)}
         for attack in ("advp", "lavan"):
             per_seed, spent = [], 0.0
             for seed in range(args.attack_seeds):
@@ -166,9 +174,10 @@ def main() -> None:
         "weights": weights.name,
         "weights_sha256": sha256_of(weights),
         "fnc": {
+            "weights": fnc_weights.name, "weights_sha256": sha256_of(fnc_weights),
             "alpha": alpha, "layers": f"after {defended.fnc_layer_count} residual blocks",
             "bn_recalibration": f"one pass over {min(args.recalibration_n, 50000)} shared training images"
-            if args.recalibration_n > 0 else "none (the fine-tuned model's statistics)",
+            if args.recalibration_n > 0 else "none (the weights' own statistics)",
         },
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
         "attacks": {

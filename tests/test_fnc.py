@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -348,3 +349,59 @@ def test_docstrings_keep_measured_figures_in_the_docs():
                 doc = ast.get_docstring(node)
                 assert not figure.search(doc), f"{path.name}:{getattr(node, 'name', '')}: {figure.search(doc)[0]!r}"
     assert "docs/fnc.md" in recalibrate_batchnorm.__doc__
+
+
+# --- Fine-tuning through the clipped forward pass ------------------------------------------------------------------
+
+
+def test_stage_alphas_and_per_block():
+    from art_patch_defenses.fnc.training import per_block, stage_alphas
+
+    assert stage_alphas("1.2") == [1.2]
+    assert stage_alphas("inf,2,1.0") == [math.inf, 2.0, 1.0]
+    for bad in ("", "1,2", "0,1,1", "-1", "a,b,c", "1,1,1,1"):
+        with pytest.raises(ValueError, match="one positive alpha"):
+            stage_alphas(bad)
+    assert per_block([1.5], 9) == 1.5
+    assert per_block([1.0, 2.0, 3.0], 9) == [1.0] * 3 + [2.0] * 3 + [3.0] * 3
+    with pytest.raises(ValueError, match="do not split"):
+        per_block([1.0, 2.0, 3.0], 8)
+
+
+def test_tuning_split_is_disjoint_and_class_balanced():
+    from art_patch_defenses.fnc.training import tuning_split
+
+    y = np.repeat(np.arange(10), 50)[np.random.default_rng(0).permutation(500)]
+    patch, evaluation = tuning_split(y, patch_n=100, eval_n=200)
+    assert len(patch) == 100 and len(evaluation) == 200 and not set(patch) & set(evaluation)
+    assert np.all(np.bincount(y[patch], minlength=10) == 10) and np.all(np.bincount(y[evaluation], minlength=10) == 20)
+    again = tuning_split(y, 100, 200)
+    assert np.array_equal(patch, again[0]) and np.array_equal(evaluation, again[1])
+
+
+def test_train_with_fnc_trains_through_the_clipping_and_leaves_the_model_untouched():
+    """The copy is trained with its FNC layers in the forward pass: a model whose clipped forward pass cannot fit
+    the data before training fits it after; the input model keeps its weights and gets no layer; the state dict is
+    the architecture's (a plain ``build_model`` loads it)."""
+    from art_patch_defenses.fnc.training import train_with_fnc
+    from art_patch_defenses.models.training import accuracy, train_classifier
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(2), 32)
+    x = np.full((64, 3, 16, 16), 0.5, dtype=np.float32)
+    x[y == 1, :, 4:12, 4:12] = rng.uniform(0.8, 1.0, size=(32, 3, 8, 8))  # class 1: a bright square
+    model = cifar_resnet(20, num_classes=2).eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    stats = ((0.5,) * 3, (0.25,) * 3)
+    trained = train_with_fnc(model, x, y, *stats, alpha=0.8, epochs=15, lr=0.05, batch_size=16, augment=False,
+                             verbose=False)
+    assert len(fnc_layers(trained)) == len(cascaded_modules(model)) and not fnc_layers(model)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert trained.state_dict().keys() == model.state_dict().keys()
+    assert accuracy(trained, x, y, *stats) == 1.0
+    plain = train_classifier(copy.deepcopy(model), x, y, *stats, epochs=15, lr=0.05, batch_size=16, augment=False,
+                             verbose=False)  # the same run without the clipping ends elsewhere
+    assert not all(torch.equal(plain.state_dict()[key], value) for key, value in trained.state_dict().items())
+    with pytest.raises(ValueError, match="no block FNC can clip after"):
+        train_with_fnc(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)), x, y, *stats, alpha=1.0, epochs=1)

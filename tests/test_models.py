@@ -209,6 +209,7 @@ def test_register_model_and_weights(tmp_path):
 
 
 def test_method_packages_register_their_own_tags():
+    import art_patch_defenses.fnc  # noqa: F401
     import art_patch_defenses.mrs  # noqa: F401
     import art_patch_defenses.patchcleanser  # noqa: F401
     import art_patch_defenses.robust_masking  # noqa: F401
@@ -216,7 +217,7 @@ def test_method_packages_register_their_own_tags():
     from art_patch_defenses.models.registry import get_spec
 
     for depth in (20, 56):
-        assert {"pretrained", "finetuned", "mrs", "scalecert", "patchcleanser"} <= set(
+        assert {"pretrained", "finetuned", "fnc", "mrs", "scalecert", "patchcleanser"} <= set(
             get_spec(f"cifar_resnet{depth}").weights)
     assert set(get_spec("mnist_cnn").weights) == {"embedded", "scalecert", "patchcleanser"}
     assert set(get_spec("cifar_bagnet").weights) == {"trained"}
@@ -415,6 +416,7 @@ def test_open_run_log_checks_the_starting_checkpoint_before_renaming_the_log(tmp
 #: (module, options that make the rest of the command valid, the option naming the starting checkpoint).
 TRAINING_COMMANDS = [
     ("art_patch_defenses.patchcleanser.train", [], "--init"),
+    ("art_patch_defenses.fnc.train", [], "--init"),
     ("art_patch_defenses.scalecert.train", [], "--init"),
     ("art_patch_defenses.mrs.train", [], "--init"),
     ("art_patch_defenses.robust_masking.train", [], "--init"),
@@ -504,6 +506,9 @@ def test_an_unwritable_out_stops_a_training_command_before_it_starts(tmp_path, c
     ("art_patch_defenses.scalecert.train", ["--holdout", "-1"], "argument --holdout: must be a non-negative integer"),
     ("art_patch_defenses.patchcleanser.train", ["--holdout", "-1"],
      "argument --holdout: must be a non-negative integer"),
+    ("art_patch_defenses.fnc.train", ["--alpha", "1.0,0,1.0"],
+     "argument --alpha: give one positive alpha or 3 (a1,a2,a3, one per stage; inf: no clipping), got '1.0,0,1.0'"),
+    ("art_patch_defenses.fnc.train", ["--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
     ("art_patch_defenses.mrs.train", ["--width-min", "11"], "--width-min 11 exceeds --width-max 10"),
     ("art_patch_defenses.mrs.train", ["--lr", "-0.1"], "argument --lr: must be a positive number, got '-0.1'"),
     ("art_patch_defenses.mrs.train", ["--seed", "x"], "argument --seed: must be a non-negative integer, got 'x'"),

@@ -5,8 +5,11 @@
 - :func:`recalibrate_batchnorm`: the paper's one-pass BatchNorm re-estimation after insertion.
 - :class:`PyTorchFNCClassifier` / :func:`fnc_classifier`: the ART classifier; :func:`get_art_model`: the
   Armory-style factory.
+- :func:`train_with_fnc`: fine-tuning through the clipped forward pass (``python -m art_patch_defenses.fnc.train``,
+  weights tag ``"fnc"``).
 """
 
+from art_patch_defenses.fnc import registration  # noqa: F401  (registers the weights tags)
 from art_patch_defenses.fnc.classifier import PyTorchFNCClassifier, fnc_classifier, get_art_model
 from art_patch_defenses.fnc.clipping import (
     FeatureNormClipping,
@@ -17,6 +20,7 @@ from art_patch_defenses.fnc.clipping import (
     set_alpha,
     spread_evenly,
 )
+from art_patch_defenses.fnc.training import train_with_fnc, tuning_split
 
 __all__ = [
     "FeatureNormClipping",
@@ -29,4 +33,6 @@ __all__ = [
     "recalibrate_batchnorm",
     "set_alpha",
     "spread_evenly",
+    "train_with_fnc",
+    "tuning_split",
 ]
