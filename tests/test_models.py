@@ -411,6 +411,24 @@ def test_open_run_log_checks_the_starting_checkpoint_before_renaming_the_log(tmp
     assert out.with_suffix(".log").read_text() == "the earlier run\n"
 
 
+def test_finish_training_run_saves_logs_and_records_the_run(tmp_path):
+    from art_patch_defenses.models import MnistCNN
+    from art_patch_defenses.models.checkpoints import finish_training_run, read_checkpoint
+
+    out, lines = tmp_path / "model.pt", []
+    summary = finish_training_run(MnistCNN(), out, "train --epochs 2", lines.append, None, arch="mnist_cnn",
+                                  init="embedded", settings={"alpha": [1.0]}, epochs=2, lr=0.01, train_images=7,
+                                  seconds=3.4)
+    assert list(summary) == ["checkpoint", "sha256", "model", "init", "alpha", "epochs", "lr", "train_images",
+                             "seconds", "size_bytes"]
+    assert summary["sha256"] == sha256_of(out) and summary["seconds"] == 3 and json.loads(lines[-1]) == summary
+    saved = read_checkpoint(out)
+    assert saved["arch"] == "mnist_cnn" and saved["alpha"] == [1.0] and saved["state_dict"].keys() == \
+        MnistCNN().state_dict().keys()
+    record = json.loads((tmp_path / "checkpoints.json").read_text())
+    assert record["model.pt"] == {**summary, "command": "train --epochs 2", "log": "model.log"}
+
+
 # --- Training commands check everything before they touch a log or a checkpoint -------------------------------------
 
 #: (module, options that make the rest of the command valid, the option naming the starting checkpoint).

@@ -11,7 +11,6 @@ and after, with FNC at ``--alpha`` and without.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,14 +21,14 @@ import torch
 from art_patch_defenses.data import load_dataset
 from art_patch_defenses.fnc.clipping import cascaded_modules, insert_fnc
 from art_patch_defenses.fnc.training import per_block, stage_alphas, train_with_fnc, tuning_split
-from art_patch_defenses.models import build_model, save_checkpoint
+from art_patch_defenses.models import build_model
 from art_patch_defenses.models.checkpoints import (
     check_run_start,
+    finish_training_run,
     non_negative_int,
     open_run_log,
     positive_float,
     positive_int,
-    record_checkpoint,
 )
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
 from art_patch_defenses.models.training import accuracy
@@ -84,12 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     weights.load_state_dict(trained.state_dict())  # the architecture's weights, without the FNC layers
     report(weights, "after")
     settings = {"fnc_alpha_in_training": args.alpha, "excluded": "fnc_alpha_tuning's 2,000 training images"}
-    sha = save_checkpoint(weights, out, arch=name, **settings)
-    summary = {"checkpoint": out.name, "sha256": sha, "model": name, "init": args.init, **settings,
-               "epochs": args.epochs, "lr": args.lr, "train_images": len(fit),
-               "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
-    log(json.dumps(summary))
-    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
+    finish_training_run(weights, out, command, log, previous_log, arch=name, init=args.init, settings=settings,
+                        epochs=args.epochs, lr=args.lr, train_images=len(fit), seconds=time.time() - start)
 
 
 if __name__ == "__main__":

@@ -364,6 +364,23 @@ def open_run_log(out: Path, command: str, init: Path | None = None) -> tuple[Cal
     return log, previous_log
 
 
+def finish_training_run(
+    model: nn.Module, out: Path, command: str, log: Callable[[str], None], previous_log: str | None, *, arch: str,
+    init: str, settings: dict, epochs: int, lr: float, train_images: int, seconds: float,
+) -> dict:
+    """The end of a base-model training command: save ``model`` to ``out`` (with ``arch`` and ``settings``), log the
+    run's summary and add it to the ``checkpoints.json`` beside ``out`` (:func:`record_checkpoint`).
+
+    :return: the summary (checkpoint name, sha256, model, init, settings, epochs, lr, images, seconds, size).
+    """
+    sha = save_checkpoint(model, out, arch=arch, **settings)
+    summary = {"checkpoint": out.name, "sha256": sha, "model": arch, "init": init, **settings, "epochs": epochs,
+               "lr": lr, "train_images": train_images, "seconds": round(seconds), "size_bytes": out.stat().st_size}
+    log(json.dumps(summary))
+    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
+    return summary
+
+
 def record_checkpoint(
     record_path: Path, name: str, summary: dict, command: str, previous_log: str | None = None
 ) -> None:

@@ -10,7 +10,6 @@ after training), so a recipe is chosen without the test images.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,15 +18,15 @@ import numpy as np
 import torch
 
 from art_patch_defenses.data import load_dataset
-from art_patch_defenses.models import build_model, save_checkpoint
+from art_patch_defenses.models import build_model
 from art_patch_defenses.models.checkpoints import (
     check_run_start,
+    finish_training_run,
     non_negative_int,
     open_run_log,
     positive_float,
     positive_int,
     probability,
-    record_checkpoint,
 )
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD, make_classifier
 from art_patch_defenses.models.train_embedded import holdout_split
@@ -94,12 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                         masks_per_axis=args.masks_per_axis, probability=args.probability, worst_of=args.worst_of,
                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, log=log)
     report_holdout(model, name, args, train.x[held_out], train.y[held_out], log, "after")
-    sha = save_checkpoint(model, out, arch=name, **settings)
-    summary = {"checkpoint": out.name, "sha256": sha, "model": name, "init": args.init, **settings,
-               "epochs": args.epochs, "lr": args.lr, "train_images": len(fit),
-               "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
-    log(json.dumps(summary))
-    record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
+    finish_training_run(model, out, command, log, previous_log, arch=name, init=args.init, settings=settings,
+                        epochs=args.epochs, lr=args.lr, train_images=len(fit), seconds=time.time() - start)
 
 
 if __name__ == "__main__":
