@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--advp-passes", type=int, default=15)
     parser.add_argument("--lavan-steps", type=int, default=250)
     parser.add_argument("--max-clean-drop", type=float, default=0.015)
+    parser.add_argument("--out", default=None, help="result name under benchmarks/results/ (default: "
+                        "fnc_alpha_tuning[_<model>][_<--fnc-weights file stem>])")
     parser.add_argument("--fnc-weights", default=None,
                         help="weights tag or path of the model the candidates insert FNC into (default: the fine-tuned "
                              "model; 'fnc': fine-tuned with FNC by fnc.train); inf,inf,inf stays the fine-tuned model")
@@ -122,9 +124,11 @@ def main() -> None:
     fnc_base = make_classifier(build_model(args.model, fnc_weights), args.model) if args.fnc_weights else undefended
     blocks = len(cascaded_modules(undefended.model))
     name = "fnc_alpha_tuning" if args.model == MODELS[0] else f"fnc_alpha_tuning_{args.model}"
-    store = STORE.parent / name  # the undefended figures are shared by runs with other --fnc-weights
+    # The undefended figures are shared by runs with other --fnc-weights; an --out run keeps its own.
+    store = STORE.parent / (args.out or name)
     if args.fnc_weights:
         name += f"_{fnc_weights.stem}"
+    name = args.out or name
     patch_set, eval_set = split_training_images(args.patch_train_n, args.eval_n)
     shape = patch_shape(0.1, eval_set[0].shape[2:])
     locations = random_locations(len(eval_set[1]), eval_set[0].shape[2:], shape, seed=2)
