@@ -23,8 +23,7 @@ accuracy) is the headline: one patch's figure moves by a few points with its see
 the JSON then also gives those weights' clean accuracy without FNC.
 
 Second architecture: ``--model cifar_resnet20 --alpha 2.0,2.0,1.2 --out fnc_cifar10_resnet20``: the fine-tuned
-ResNet-20, FNC after its 9 blocks, its alpha from ``fnc_alpha_tuning.py --model cifar_resnet20`` (the committed JSON
-was run with ``--advp-passes 15``).
+ResNet-20, FNC after its 9 blocks, its alpha from ``fnc_alpha_tuning.py --model cifar_resnet20``.
 
 Each patch's figures are kept under ``outputs/benchmarks/<--out>/`` as it finishes, so an interrupted run resumes.
 Run: ``.venv/bin/python benchmarks/fnc_cifar10.py`` (12 patches, about 85 minutes at one thread; ``--rows fnc`` and
