@@ -15,8 +15,9 @@ import numpy as np
 from torch import nn
 
 from art_patch_defenses.data import balanced_subset
-from art_patch_defenses.fnc.clipping import cascaded_modules, insert_fnc
+from art_patch_defenses.fnc.clipping import _check_layout_against_stem, cascaded_modules, insert_fnc
 from art_patch_defenses.models.training import train_classifier
+from art_patch_defenses.validation import check_images
 
 #: Stages of the CIFAR ResNets: a per-stage alpha covers a third of the residual blocks.
 STAGES = 3
@@ -58,8 +59,13 @@ def train_with_fnc(model: nn.Module, x: np.ndarray, y: np.ndarray, mean: tuple[f
     one per block, as :func:`~art_patch_defenses.fnc.insert_fnc`) on clean images with cross-entropy; the other
     arguments are ``train_classifier``'s.
 
+    :param x: training images, float32 NCHW in [0, 1].
     :return: the trained copy, with its FNC layers (in eval mode); its state dict is the architecture's.
+    :raises ValueError: for images that are not a non-empty NCHW batch in [0, 1] without NaN (NHWC is named as
+        such), or a model without blocks to clip after.
     """
+    check_images(x, "x")
+    _check_layout_against_stem(model, x, channels_first=True)
     if not cascaded_modules(model):
         raise ValueError(f"{type(model).__name__} has no block FNC can clip after")
     return train_classifier(insert_fnc(model, alpha), x, y, mean, std, **train_kwargs)
