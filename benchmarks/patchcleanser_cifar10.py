@@ -19,11 +19,20 @@ Data: ``--n`` class-balanced shared test images (seed 0).
 Run: ``.venv/bin/python benchmarks/patchcleanser_cifar10.py``; ``--masks-per-axis K`` (chosen on training images by
 ``patchcleanser_mask_tuning.py``) writes ``patchcleanser_cifar10_k<K>.json`` beside the k = 6 headline; ``--depth 56``
 adds ``_resnet56`` to the name.
+
+A long run (k = 10 on the ResNet-56 takes hours) can be cut into pieces: ``--chunks-dir DIR`` certifies the slice
+in fixed chunks of 5 images per class, each written to ``DIR`` as soon as it is done, and a rerun with the same
+``DIR`` and settings reads the finished chunks back (a store of other settings or weights is refused); the
+soundness attack's batches are stored the same way. Launched by ``torchrun --nproc-per-node N`` (with
+``--chunks-dir``) the chunks spread over N processes; the figures do not depend on N or on the pieces.
+``seconds_per_image_certify_*`` is then the chunks' own time (each in its process, at that process's threads)
+over the images.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -34,12 +43,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
+from art_patch_defenses import __version__  # noqa: E402
+from art_patch_defenses.certification import CertificationResult  # noqa: E402
 from art_patch_defenses.data import load_dataset  # noqa: E402
-from art_patch_defenses.evaluation.verify import verify_certificates  # noqa: E402
+from art_patch_defenses.evaluation.distributed import (  # noqa: E402
+    ChunkStore,
+    DistContext,
+    ShardMismatchError,
+    distributed_session,
+    launched_by_torchrun,
+    make_chunks,
+    sharded_map,
+)
+from art_patch_defenses.evaluation.verify import ShardOptions, verify_certificates  # noqa: E402
 from art_patch_defenses.models import build_model, make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.checkpoints import positive_int  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
 from art_patch_defenses.patchcleanser import get_art_model  # noqa: E402
+
+#: Images of each class per stored chunk (50 images of the 1,000).
+IMAGES_PER_CLASS = 5
+
+
+def certify_in_chunks(estimator, x: np.ndarray, y: np.ndarray, store: ChunkStore | None,
+                      context: DistContext) -> tuple[CertificationResult, float]:
+    """``estimator.certify(x, y)``, and the seconds it took; with a ``store``, chunk by chunk over the ranks, the
+    finished chunks read back (their stored seconds counted)."""
+    if store is None:
+        start = time.time()
+        return estimator.certify(x, y, verbose=True), time.time() - start
+    chunks = make_chunks(y, IMAGES_PER_CLASS)
+
+    def certify(unit: int) -> dict:
+        start = time.time()
+        found = estimator.certify(x[chunks[unit]], y[chunks[unit]], verbose=True)
+        return {"index": chunks[unit], "seconds": time.time() - start,
+                "arrays": {"prediction": found.prediction, "certified": found.certified}}
+
+    payloads, _ = sharded_map(context, store, f"certify-{estimator.patch_size}x{estimator.patch_size}", len(chunks),
+                              certify)
+    prediction, certified = np.zeros(len(x), dtype=np.int64), np.zeros(len(x), dtype=bool)
+    for payload in payloads:
+        index = np.asarray(payload["index"], dtype=int)
+        prediction[index], certified[index] = payload["arrays"]["prediction"], payload["arrays"]["certified"]
+    result = CertificationResult(prediction=prediction, certified=certified, kind=estimator.certificate_kind,
+                                 patch_size=int(estimator.patch_size))
+    return result, float(sum(payload["seconds"] for payload in payloads))
 
 
 def main() -> None:
@@ -51,44 +100,62 @@ def main() -> None:
     parser.add_argument("--pgd-iter", type=positive_int, default=10)
     parser.add_argument("--masks-per-axis", type=positive_int, default=6, help="k (the paper's 6 is the headline)")
     parser.add_argument("--depth", type=int, choices=(20, 56), default=20, help="CIFAR ResNet depth")
+    parser.add_argument("--chunks-dir", type=Path, default=None,
+                        help="certify and attack in stored chunks there, finished ones read back (needed by torchrun)")
+    parser.add_argument("--out", default=None, help="result name (default: from --depth and --masks-per-axis)")
     args = parser.parse_args()
+    if launched_by_torchrun() and args.chunks_dir is None:
+        parser.error("a torchrun launch needs --chunks-dir (the ranks share their chunks through it)")
+    with distributed_session("cpu") if launched_by_torchrun() else contextlib.nullcontext(DistContext()) as context:
+        run(args, context)
 
+
+def run(args: argparse.Namespace, context: DistContext) -> None:
     model = f"cifar_resnet{args.depth}"
     path = weights_path(model, "patchcleanser")
     weights_sha256 = sha256_of(path)  # of the weights loaded now, not of whatever the file holds at the end
     estimator = get_art_model({"name": model, "weights": "patchcleanser", "patch_size": 5,
                                "masks_per_axis": args.masks_per_axis})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
+    name = args.out or "patchcleanser_cifar10" + ("" if args.depth == 20 else f"_resnet{args.depth}") + (
+        "" if args.masks_per_axis == 6 else f"_k{args.masks_per_axis}")
+    key = {"benchmark": name, "model": model, "weights_sha256": weights_sha256, "masks_per_axis": args.masks_per_axis,
+           "n": args.n, "seed": 0, "images_per_class": IMAGES_PER_CLASS, "art_patch_defenses_version": __version__}
+    try:
+        store = None if args.chunks_dir is None else ChunkStore(args.chunks_dir / "certify", key, resume=True,
+                                                                context=context)
+    except ShardMismatchError:
+        raise SystemExit(f"error: --chunks-dir {args.chunks_dir} holds the chunks of another run (other settings, "
+                         f"weights or version); delete it or choose another directory") from None
     results: dict = {}
     finetuned = make_classifier(build_model(model, "finetuned"), model)
     results["clean_accuracy_finetuned_undefended"] = float(np.mean(finetuned.predict(test.x).argmax(1) == test.y))
     results["clean_accuracy_undefended"] = float(np.mean(estimator.predict_base(test.x).argmax(1) == test.y))
     seconds = {}
-    start = time.time()
-    certified_5 = estimator.certify(test.x, test.y, verbose=True)
-    seconds["certify_5x5"] = round(time.time() - start, 1)
+    certified_5, seconds["certify_5x5"] = certify_in_chunks(estimator, test.x, test.y, store, context)
     results["clean_accuracy"] = float(np.mean(certified_5.prediction == test.y))
     results["certified_accuracy_5x5"] = float(certified_5.certified.mean())
-    start = time.time()
     estimator_2 = estimator.for_patch_size(2)  # another patch size: a separately configured certifier
-    certified_2 = estimator_2.certify(test.x, test.y, verbose=True)
-    seconds["certify_2x2"] = round(time.time() - start, 1)
+    certified_2, seconds["certify_2x2"] = certify_in_chunks(estimator_2, test.x, test.y, store, context)
     results["clean_accuracy_2x2"] = float(np.mean(certified_2.prediction == test.y))
     results["certified_accuracy_2x2"] = float(certified_2.certified.mean())
     timed = test.x[:: max(1, len(test) // args.timing_n)][: args.timing_n]
-    estimator.predict(timed[:2])
-    start = time.time()
-    estimator.predict(timed)
-    results["seconds_per_image"] = (time.time() - start) / len(timed)
+    if context.rank == 0:  # one process times predict (the others go on to the soundness attack's batches)
+        estimator.predict(timed[:2])
+        start = time.time()
+        estimator.predict(timed)
+        results["seconds_per_image"] = (time.time() - start) / len(timed)
     results["seconds_per_image_certify_5x5"] = seconds["certify_5x5"] / len(test)
+    shards = None if args.chunks_dir is None else ShardOptions(args.chunks_dir / "verify", key, IMAGES_PER_CLASS,
+                                                               resume=True, context=context)
     start = time.time()
     check = verify_certificates(estimator, test.x, test.y, n_certified=args.attack_n, grid_stride=args.attack_stride,
                                 max_iter=args.pgd_iter, eps_step=0.1, batch_size=100, certified=certified_5,
-                                verbose=True)
+                                verbose=True, shards=shards)
     seconds["soundness"] = round(time.time() - start, 1)
     results["certificate_violations"] = check["violations"]
     results["soundness_attack"] = check
-    results["seconds"] = seconds
+    results["seconds"] = {part: round(value, 1) for part, value in seconds.items()}
 
     config = {
         "model": model, "weights": path.name, "weights_sha256": weights_sha256,
@@ -105,12 +172,13 @@ def main() -> None:
                                                      "included",
             "images": f"{args.attack_n} certified (5x5) images spread over the slice"},
         "timing": f"seconds_per_image: predict (double masking) on {len(timed)} images of the slice, one call",
+        "certify_processes": context.world_size,
+        "certify_chunks": None if store is None else f"{IMAGES_PER_CLASS} images per class, stored and resumable",
     }
     accuracies = ("clean_accuracy_finetuned_undefended", "clean_accuracy_undefended", "clean_accuracy",
                   "certified_accuracy_5x5", "clean_accuracy_2x2", "certified_accuracy_2x2")
-    name = "patchcleanser_cifar10" + ("" if args.depth == 20 else f"_resnet{args.depth}") + (
-        "" if args.masks_per_axis == 6 else f"_k{args.masks_per_axis}")
-    write_result(name, config, results, images=dict.fromkeys(accuracies, len(test)))
+    if context.rank == 0:
+        write_result(name, config, results, images=dict.fromkeys(accuracies, len(test)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 (one-mask first) and full-map predictions agree, certified samples keep their label under patches everywhere,
 and worst-of-c mask training trains on the worst draw."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +222,33 @@ def test_training_holdout_report_is_double_masking_on_the_held_out_images():
     report_holdout(_Constant(), "cifar_resnet20", SimpleNamespace(patch_sizes=[5], masks_per_axis=6), x[:0], y[:0],
                    lines.append, "after")
     assert len(lines) == 1  # no holdout, no line
+
+
+def test_benchmark_certifies_in_stored_chunks_with_the_answer_of_one_call(cleanser, mnist_test, tmp_path,
+                                                                            monkeypatch):
+    """``benchmarks/patchcleanser_cifar10.py --chunks-dir``: certifying chunk by chunk (5 images of each class) gives
+    one ``certify`` call's predictions and certificates; a rerun reads every chunk back and certifies nothing."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import patchcleanser_cifar10 as benchmark
+
+    from art_patch_defenses.evaluation.distributed import ChunkStore, DistContext, make_chunks
+
+    x, y = mnist_test.x[:120], mnist_test.y[:120]
+    chunks = len(make_chunks(y, benchmark.IMAGES_PER_CLASS))  # 7 to 18 images of a class here: 4 chunks
+    whole = cleanser.certify(x, y)
+    key = {"test": "chunks"}
+    chunked, seconds = benchmark.certify_in_chunks(cleanser, x, y, ChunkStore(tmp_path, key, resume=True),
+                                                   DistContext())
+    np.testing.assert_array_equal(chunked.prediction, whole.prediction)
+    np.testing.assert_array_equal(chunked.certified, whole.certified)
+    assert whole.certified.any() and not whole.certified.all()
+    assert chunks > 1 and len(list(tmp_path.glob("certify-5x5-*.npz"))) == chunks and seconds > 0
+
+    def no_certify(*args, **kwargs):
+        raise AssertionError("a stored chunk was certified again")
+
+    monkeypatch.setattr(cleanser, "certify", no_certify)
+    again, seconds_again = benchmark.certify_in_chunks(cleanser, x, y, ChunkStore(tmp_path, key, resume=True),
+                                                       DistContext())
+    np.testing.assert_array_equal(again.certified, whole.certified)
+    assert seconds_again == seconds
