@@ -171,7 +171,8 @@ def run(args: argparse.Namespace, context: DistContext) -> None:
             "max_iter": args.pgd_iter, "placements": f"every placement of a stride-{args.attack_stride} grid, edges "
                                                      "included",
             "images": f"{args.attack_n} certified (5x5) images spread over the slice"},
-        "timing": f"seconds_per_image: predict (double masking) on {len(timed)} images of the slice, one call",
+        "timing": f"seconds_per_image: predict (double masking) on {len(timed)} images of the slice, one call"
+                  + ("" if context.world_size == 1 else ", by rank 0 while the other ranks ran the soundness attack"),
         "certify_processes": context.world_size,
         "certify_chunks": None if store is None else f"{IMAGES_PER_CLASS} images per class, stored and resumable",
     }

@@ -403,8 +403,9 @@ def test_train_with_fnc_trains_through_the_clipping_and_leaves_the_model_untouch
     plain = train_classifier(copy.deepcopy(model), x, y, *stats, epochs=15, lr=0.05, batch_size=16, augment=False,
                              verbose=False)  # the same run without the clipping ends elsewhere
     assert not all(torch.equal(plain.state_dict()[key], value) for key, value in trained.state_dict().items())
-    for bad in (x * 255, np.where(x > 0.9, np.nan, x), x.transpose(0, 2, 3, 1), x[:0]):
-        with pytest.raises(ValueError):
+    for bad, message in ((x * 255, "0-255"), (np.where(x > 0.9, np.nan, x), "NaN"),
+                         (x.transpose(0, 2, 3, 1), "looks NHWC"), (x[:0], "empty batch")):
+        with pytest.raises(ValueError, match=message):
             train_with_fnc(model, bad, y[: len(bad)], *stats, alpha=1.0, epochs=1, verbose=False)
     with pytest.raises(ValueError, match="no block FNC can clip after"):
         train_with_fnc(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)), x, y, *stats, alpha=1.0, epochs=1)
