@@ -7,7 +7,8 @@ Design data, so TRAINING images only (never the test slices): 100 class-balanced
 (PatchZero with BPDA), every figure judged by its predict. The detector's pixel precision / recall / F1 on the
 small-step joint attack's patches (``*_detector_*``) measures whether it finds low-contrast patches made to hide
 from it. Usage: ``python benchmarks/patchzero_placement.py`` (one thread, about 30 minutes alone); ``--detector``
-compares another detector checkpoint, ``--downstream`` runs one downstream, ``--out`` names the result.
+compares another detector checkpoint, ``--threshold`` sets its pixel threshold, ``--downstream`` runs one
+downstream, ``--out`` names the result.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--detector", default="cifar10_patchzero_cifar_resnet20.pt",
                         help="detector checkpoint: a file name in checkpoints/ or a path")
     parser.add_argument("--downstream", choices=(*DOWNSTREAM, "both"), default="both")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the detector's pixel threshold (default: the config's, PatchZero's 0.5)")
     parser.add_argument("--out", default="patchzero_placement", help="result name under benchmarks/results/")
     args = parser.parse_args()
     downstreams = DOWNSTREAM if args.downstream == "both" else {args.downstream: DOWNSTREAM[args.downstream]}
@@ -54,6 +57,8 @@ def main() -> None:
         config = json.loads(CONFIG.read_text())
         config["model"]["model_kwargs"]["weights"] = weights
         config["defense"]["kwargs"]["path"] = args.detector
+        if args.threshold is not None:
+            config["defense"]["kwargs"]["threshold"] = args.threshold
         estimator = build_estimator(config)
         patchzero = find_patch_detector(estimator)
 
@@ -84,7 +89,8 @@ def main() -> None:
         results[f"{name}_seconds"] = round(time.time() - start, 1)
     config = {
         "data": f"{N} class-balanced shared CIFAR-10 TRAINING images (seed {DATA_SEED}): design data, not test data",
-        "defence": f"PatchZero ({args.detector}, BPDA) as in {CONFIG.name}",
+        "defence": f"PatchZero ({args.detector}, BPDA) as in {CONFIG.name}"
+                   + ("" if args.threshold is None else f", threshold {args.threshold}"),
         "downstream": downstreams,
         "patch": f"{SHAPE[0]}x{SHAPE[1]} (2.4%); random place and contents from seed {SEED}",
         "attacks": {"joint": "patchzero_joint_pgd (cross-entropy through BPDA minus the detector probability "
