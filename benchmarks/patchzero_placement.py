@@ -47,6 +47,8 @@ def main() -> None:
                         help="the detector's pixel threshold (default: the config's, PatchZero's 0.5)")
     parser.add_argument("--out", default="patchzero_placement", help="result name under benchmarks/results/")
     args = parser.parse_args()
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:  # refused before minutes of data loading
+        parser.error(f"--threshold is a probability in (0, 1), got {args.threshold}")
     downstreams = DOWNSTREAM if args.downstream == "both" else {args.downstream: DOWNSTREAM[args.downstream]}
     torch.set_num_threads(1)
     data = load_dataset("cifar10", "train", n=N, seed=DATA_SEED)
