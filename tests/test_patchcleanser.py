@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_shared
 
 from art_patch_defenses.geometry import mask_positions, mask_set, patch_masks
 from art_patch_defenses.patchcleanser import (
@@ -142,6 +143,35 @@ def test_settings_are_validated_and_restored(cleanser, mnist_test):
         cleanser.predict(mnist_test.x[:0])
     with pytest.raises(ValueError, match="NHWC"):
         cleanser.certify(mnist_test.x[:2].transpose(0, 2, 3, 1), mnist_test.y[:2])
+
+
+@needs_shared
+def test_channels_last_layout_gives_the_same_answer_and_leaves_no_hook():
+    from art_patch_defenses.data import load_dataset
+    from art_patch_defenses.patchcleanser import get_art_model
+
+    cleanser = get_art_model({"name": "cifar_resnet20", "weights": "patchcleanser", "patch_size": 5,
+                              "masks_per_axis": 3})
+    test = load_dataset("cifar10", "test", n=10, seed=0)
+    x, y = test.x[:5], test.y[:5]
+    layouts = []
+    watch = cleanser.model.register_forward_pre_hook(
+        lambda _module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    assert cleanser.channels_last
+    fast_map, fast = cleanser.prediction_map(x), cleanser.certify(x, y)
+    assert layouts and all(layouts)  # 3-channel NCHW input: the option changes the layout the model sees
+    cleanser.set_params(channels_last=False)
+    layouts.clear()
+    plain_map, plain = cleanser.prediction_map(x), cleanser.certify(x, y)
+    assert layouts and not any(layouts)
+    watch.remove()
+    np.testing.assert_array_equal(fast_map, plain_map)
+    np.testing.assert_array_equal(fast.certified, plain.certified)
+    np.testing.assert_array_equal(fast.prediction, plain.prediction)
+    assert not cleanser._model._forward_pre_hooks and not cleanser.model._forward_pre_hooks
+    with pytest.raises(ValueError, match="channels_last"):
+        cleanser.set_params(channels_last="yes")
+    assert cleanser.channels_last is False
 
 
 class ChannelsLast(torch.nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from art_patch_defenses.models.registry import wrap_registered_model
 from art_patch_defenses.patchcleanser.estimator import PyTorchPatchCleanser
 
-_PATCHCLEANSER_KEYS = ("patch_size", "masks_per_axis", "fill_value")
+_PATCHCLEANSER_KEYS = ("patch_size", "masks_per_axis", "fill_value", "channels_last")
 
 
 def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
@@ -13,7 +13,7 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
     """Armory-style factory: a registered classifier wrapped as :class:`PyTorchPatchCleanser`.
 
     ``model_kwargs``: ``name``, ``weights`` (``"patchcleanser"`` for the mask-fine-tuned models) and the settings
-    ``patch_size``, ``masks_per_axis``, ``fill_value``; ``wrapper_kwargs`` go to ``make_classifier``.
+    ``patch_size``, ``masks_per_axis``, ``fill_value``, ``channels_last``; ``wrapper_kwargs`` go to ``make_classifier``.
     """
     return wrap_registered_model(model_kwargs, wrapper_kwargs, weights_path, PyTorchPatchCleanser,
                                  _PATCHCLEANSER_KEYS)
