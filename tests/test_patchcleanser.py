@@ -152,8 +152,8 @@ def test_channels_last_layout_gives_the_same_answer_and_leaves_no_hook():
 
     cleanser = get_art_model({"name": "cifar_resnet20", "weights": "patchcleanser", "patch_size": 5,
                               "masks_per_axis": 3})
-    test = load_dataset("cifar10", "test", n=10, seed=0)
-    x, y = test.x[:5], test.y[:5]
+    test = load_dataset("cifar10", "test", n=10, seed=0)  # one image per class
+    x, y = test.x, test.y
     layouts = []
     watch = cleanser.model.register_forward_pre_hook(
         lambda _module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
