@@ -6,9 +6,10 @@ Design data, so TRAINING images only (never the test slices): 100 class-balanced
 (seed 7); 5x5 patch (2.4%); places and patch contents from seed 0; white-box against the defended classifier
 (PatchZero with BPDA), every figure judged by its predict. The detector's pixel precision / recall / F1 on the
 small-step joint attack's patches (``*_detector_*``) measures whether it finds low-contrast patches made to hide
-from it. Usage: ``python benchmarks/patchzero_placement.py`` (one thread, about 30 minutes alone); ``--detector``
-compares another detector checkpoint, ``--threshold`` sets its pixel threshold, ``--downstream`` runs one
-downstream, ``--out`` names the result.
+from it. ``*_undefended_*``: the scan and the random search against the downstream alone, so each figure says
+whether those attacks could fool the undefended part. Usage: ``python benchmarks/patchzero_placement.py`` (one
+thread, about 30 minutes alone); ``--detector`` compares another detector checkpoint, ``--threshold`` sets its pixel
+threshold, ``--downstream`` runs one downstream, ``--out`` names the result.
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ def main() -> None:
         }
         outcomes["worst_of_scan_search_joint_scanned"] = (outcomes["placement_scan"] & outcomes["random_search_moving"]
                                                           & outcomes["joint_scanned_place_step0.05x50"])
+        # The same gradient-free attacks on the downstream alone: whether they could fool it at all.
+        undefended = build_estimator({**config, "defense": None})
+        undefended_outcomes = {
+            "placement_scan": placement_scan(undefended, x, y, SHAPE, SCAN_STRIDE, seed=SEED, batch_size=100)[0],
+            "random_search_moving": random_search_patch(undefended, x, y, SHAPE, QUERIES, seed=SEED,
+                                                        batch_size=100)[0],
+        }
+        for key, images in undefended_outcomes.items():
+            outcomes[f"undefended_{key}"] = undefended.predict(images, batch_size=100).argmax(1) == y
         for key, held in outcomes.items():
             results[f"{name}_{key}"] = float(held.mean())
         results.update({f"{name}_joint_random_place_step0.01x100_detector_{k}": v for k, v in found.items()})
