@@ -6,7 +6,7 @@ Design data, so TRAINING images only (never the test slices): 100 class-balanced
 (seed 7); 5x5 patch (2.4%); places and patch contents from seed 0; white-box against the defended classifier
 (PatchZero with BPDA), every figure judged by its predict. The detector's pixel precision / recall / F1 on the
 small-step joint attack's patches (``*_detector_*``) measures whether it finds low-contrast patches made to hide
-from it. ``*_undefended_*``: the scan and the random search against the downstream alone, so each figure says
+from it. ``*_undefended_*``: clean, the scan and the random search on the downstream alone, so each figure says
 whether those attacks could fool the undefended part. Usage: ``python benchmarks/patchzero_placement.py`` (one
 thread, about 30 minutes alone); ``--detector`` compares another detector checkpoint, ``--threshold`` sets its pixel
 threshold, ``--downstream`` runs one downstream, ``--out`` names the result.
@@ -89,6 +89,7 @@ def main() -> None:
         # The same gradient-free attacks on the downstream alone: whether they could fool it at all.
         undefended = build_estimator({**config, "defense": None})
         undefended_outcomes = {
+            "clean": x,
             "placement_scan": placement_scan(undefended, x, y, SHAPE, SCAN_STRIDE, seed=SEED, batch_size=100)[0],
             "random_search_moving": random_search_patch(undefended, x, y, SHAPE, QUERIES, seed=SEED,
                                                         batch_size=100)[0],
