@@ -105,7 +105,10 @@ def main() -> None:
                         help="certify and attack in stored chunks there, finished ones read back (needed by torchrun)")
     parser.add_argument("--no-2x2", dest="with_2x2", action="store_false",
                         help="certify the 5x5 patch only; the result has no 2x2 keys")
-    parser.add_argument("--out", default=None, help="result name (default: from --depth and --masks-per-axis)")
+    parser.add_argument("--flip-average", action="store_true",
+                        help="base classifier: the model averaged over each image and its mirror (FlipAverage)")
+    parser.add_argument("--out", default=None,
+                        help="result name (default: from --depth, --masks-per-axis and --flip-average)")
     args = parser.parse_args()
     if launched_by_torchrun() and args.chunks_dir is None:
         parser.error("a torchrun launch needs --chunks-dir (the ranks share their chunks through it)")
@@ -118,12 +121,14 @@ def run(args: argparse.Namespace, context: DistContext) -> None:
     path = weights_path(model, "patchcleanser")
     weights_sha256 = sha256_of(path)  # of the weights loaded now, not of whatever the file holds at the end
     estimator = get_art_model({"name": model, "weights": "patchcleanser", "patch_size": 5,
-                               "masks_per_axis": args.masks_per_axis})
+                               "masks_per_axis": args.masks_per_axis, "flip_average": args.flip_average})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
     name = args.out or "patchcleanser_cifar10" + ("" if args.depth == 20 else f"_resnet{args.depth}") + (
-        "" if args.masks_per_axis == 6 else f"_k{args.masks_per_axis}")
+        "" if args.masks_per_axis == 6 else f"_k{args.masks_per_axis}") + ("_flip" if args.flip_average else "")
     key = {"benchmark": name, "model": model, "weights_sha256": weights_sha256, "masks_per_axis": args.masks_per_axis,
            "n": args.n, "seed": 0, "images_per_class": IMAGES_PER_CLASS, "art_patch_defenses_version": __version__}
+    if args.flip_average:  # only then, so that the stores of earlier runs still match their own settings
+        key["flip_average"] = True
     try:
         store = None if args.chunks_dir is None else ChunkStore(args.chunks_dir / "certify", key, resume=True,
                                                                 context=context)
@@ -167,6 +172,8 @@ def run(args: argparse.Namespace, context: DistContext) -> None:
 
     config = {
         "model": model, "weights": path.name, "weights_sha256": weights_sha256,
+        "base_classifier": "the model averaged over each image and its mirror (FlipAverage: mean of the two "
+                           "log-softmax outputs)" if args.flip_average else "the model",
         "masks": masks,
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
         "patches": {"certified": [[side, side] for side in patch_sizes],

@@ -634,3 +634,29 @@ def test_a_valid_continued_run_still_keeps_the_earlier_log_and_records_itself(
     record = json.loads((tmp_path / "checkpoints.json").read_text())["model.pt"]
     assert record["history"][0]["log"] == "model.part1.log"
     build_model("cifar_resnet20", out, sha256=record["sha256"])
+
+
+def test_flip_average_scores_an_image_and_its_mirror_alike():
+    from art_patch_defenses.models.flip_average import FlipAverage
+
+    torch.manual_seed(0)
+    inner = cifar_resnet(20).eval()
+    model = FlipAverage(inner).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        out, mirrored = model(x), model(x.flip(3))
+        expected = (inner(x).log_softmax(1) + inner(x.flip(3)).log_softmax(1)) / 2
+        plain = inner(x).log_softmax(1)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(out, mirrored)  # (a + b) / 2 == (b + a) / 2 exactly
+    assert not torch.allclose(out, plain)  # the mirror does count
+    assert set(model.state_dict()) == {f"model.{key}" for key in inner.state_dict()}
+    with pytest.raises(ValueError, match="NCHW"):
+        model(x[0])
+
+    class LocalLogits(torch.nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return batch.mean(1, keepdim=True)[..., None].expand(-1, -1, -1, -1, 10).mean(2)
+
+    with pytest.raises(ValueError, match=r"\(N, classes\) logits"):
+        FlipAverage(LocalLogits())(x)

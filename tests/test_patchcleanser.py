@@ -174,6 +174,27 @@ def test_channels_last_layout_gives_the_same_answer_and_leaves_no_hook():
     assert cleanser.channels_last is False
 
 
+def test_flip_average_base_classifier_from_the_factory(mnist_test):
+    from art_patch_defenses.models.flip_average import FlipAverage
+    from art_patch_defenses.patchcleanser import get_art_model
+
+    config = {"name": "mnist_patchcleanser_cnn", "weights": "embedded", "patch_size": 5, "masks_per_axis": 3}
+    plain, flipped = get_art_model(config), get_art_model({**config, "flip_average": True})
+    assert isinstance(flipped.model, FlipAverage) and not isinstance(plain.model, FlipAverage)
+    x, y = mnist_test.x[::100][:6], mnist_test.y[::100][:6]
+    np.testing.assert_allclose(flipped.predict_base(x), flipped.predict_base(x[..., ::-1].copy()), atol=1e-6)
+    assert not np.allclose(flipped.predict_base(x), plain.predict_base(x), atol=1e-3)
+    # the certifier runs on the averaged base classifier: its map and certificates come from that model
+    found = flipped.certify(x, y)
+    grid = flipped.prediction_map(x)
+    np.testing.assert_array_equal(found.prediction, double_masking_from_map(grid))
+    np.testing.assert_array_equal(found.certified, certified_from_map(grid, y))
+    with pytest.raises(ValueError, match="flip_average"):
+        get_art_model({**config, "flip_average": "yes"})
+    with pytest.raises(ValueError, match="known: .*flip_average"):
+        get_art_model({**config, "flip_averge": True})
+
+
 class ChannelsLast(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()

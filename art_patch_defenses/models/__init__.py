@@ -4,6 +4,7 @@ their own models and weights tags to."""
 
 from art_patch_defenses.models.checkpoints import load_weights, read_state_dict, save_checkpoint, sha256_of
 from art_patch_defenses.models.cifar_resnet import CifarResNet, cifar_resnet
+from art_patch_defenses.models.flip_average import FlipAverage
 from art_patch_defenses.models.imagenet import IMAGENET_MEAN, IMAGENET_STD  # registers the ImageNet models
 from art_patch_defenses.models.imagenet_bagnet import ImageNetBagNet, imagenet_bagnet
 from art_patch_defenses.models.mnist_cnn import MnistCNN
@@ -23,6 +24,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CifarResNet",
+    "FlipAverage",
     "ImageNetBagNet",
     "MnistCNN",
     "ModelSpec",

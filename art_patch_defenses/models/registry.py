@@ -265,13 +265,18 @@ def get_art_model(model_kwargs: dict, wrapper_kwargs: dict | None = None,
 
 
 def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None, weights_path: str | None = None,
-                          estimator_class: type | None = None, settings: tuple[str, ...] = ()) -> PyTorchClassifier:
+                          estimator_class: type | None = None, settings: tuple[str, ...] = (),
+                          model_wrappers: dict[str, Callable[[nn.Module], nn.Module]] | None = None
+                          ) -> PyTorchClassifier:
     """What every Armory-style factory does: build ``model_kwargs["name"]`` with its weights and wrap it.
 
-    ``settings`` are the keys of ``model_kwargs`` passed on to ``estimator_class``; ``weights_sha256`` is the
-    expected sha256 of the weights file; any other key is refused, naming the known ones.
+    ``settings`` are the keys of ``model_kwargs`` passed on to ``estimator_class``; ``model_wrappers`` maps
+    True/False keys of ``model_kwargs`` to module wrappers applied to the built model when True (e.g.
+    ``{"flip_average": FlipAverage}``); ``weights_sha256`` is the expected sha256 of the weights file; any other key
+    is refused, naming the known ones.
     """
     model_kwargs = dict(model_kwargs)
+    model_wrappers = model_wrappers or {}
     name = model_kwargs.pop("name", None)
     if name is None:
         raise ValueError(f"model_kwargs needs 'name', one of {', '.join(sorted(MODEL_REGISTRY))}")
@@ -279,11 +284,18 @@ def wrap_registered_model(model_kwargs: dict, wrapper_kwargs: dict | None = None
     weights = weights_path or weights
     sha256 = model_kwargs.pop("weights_sha256", None)
     chosen = {key: model_kwargs.pop(key) for key in settings if key in model_kwargs}
+    wrap = {key: model_kwargs.pop(key) for key in model_wrappers if key in model_kwargs}
     if model_kwargs:
-        known = ", ".join(["name", "weights", "weights_sha256", *settings])
+        known = ", ".join(["name", "weights", "weights_sha256", *settings, *model_wrappers])
         raise ValueError(f"unknown model_kwargs {sorted(model_kwargs)}; known: {known}")
-    return make_classifier(build_model(name, weights, sha256), name, estimator_class=estimator_class,
-                           **(wrapper_kwargs or {}), **chosen)
+    for key, value in wrap.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"model_kwargs {key!r} must be True or False, got {value!r}")
+    model = build_model(name, weights, sha256)
+    for key, value in wrap.items():
+        if value:
+            model = model_wrappers[key](model)
+    return make_classifier(model, name, estimator_class=estimator_class, **(wrapper_kwargs or {}), **chosen)
 
 
 def classifier_params(classifier: PyTorchClassifier) -> dict[str, Any]:
