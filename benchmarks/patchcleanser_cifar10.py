@@ -27,7 +27,9 @@ soundness attack's batches are stored the same way. Launched by ``torchrun --npr
 ``--chunks-dir``) the chunks spread over N processes; the figures do not depend on N or on the pieces.
 ``seconds_per_image_certify_*`` is then the chunks' own time (each in its process, at that process's threads)
 over the images. ``--no-2x2`` certifies the 5x5 patch only (the goal's size; it halves such a run) and leaves the 2x2
-keys out of the result.
+keys out of the result. ``--flip-average`` certifies with the model averaged over each image and its mirror as the
+base classifier (:class:`~art_patch_defenses.models.flip_average.FlipAverage`, chosen on held-out training images by
+``patchcleanser_flip_tuning.py``) and adds ``_flip`` to the name.
 """
 
 from __future__ import annotations
