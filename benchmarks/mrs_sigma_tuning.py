@@ -16,9 +16,13 @@ covering the patch). The chosen sigma has the largest sum of the two (the issue'
 the smaller sigma): a small sigma keeps clean accuracy but leaves the patch's effect through the noise, a large one
 drowns the patch and the object alike.
 
-Each sigma's figures are kept under ``outputs/benchmarks/mrs_sigma_tuning/`` as they finish, so an interrupted run
+``--weights`` measures another base classifier (a registry tag or a checkpoint file), and ``--holdout N`` takes the
+``N`` class-balanced training images (seed 0) that ``python -m art_patch_defenses.mrs.train --holdout N`` leaves out,
+instead of the seed-3 draw: held out from that model's noise training, so checkpoints and sigmas can be compared there.
+
+Each sigma's figures are kept under ``outputs/benchmarks/<--out>/`` as they finish, so an interrupted run
 resumes. Run: ``.venv/bin/python benchmarks/mrs_sigma_tuning.py``; writes
-``benchmarks/results/mrs_sigma_tuning.json``.
+``benchmarks/results/mrs_sigma_tuning.json`` (``--out`` names another).
 """
 
 from __future__ import annotations
@@ -40,21 +44,31 @@ from art_patch_defenses.data import load_dataset  # noqa: E402
 from art_patch_defenses.geometry import expand_masks, patch_masks, random_locations  # noqa: E402
 from art_patch_defenses.models import make_classifier, sha256_of  # noqa: E402
 from art_patch_defenses.models.registry import weights_path  # noqa: E402
+from art_patch_defenses.models.train_embedded import holdout_split  # noqa: E402
 from art_patch_defenses.mrs import from_255, get_art_model  # noqa: E402
-
-STORE = ROOT / "outputs" / "benchmarks" / "mrs_sigma_tuning"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[25, 64, 128, 192, 255], help="0-255 units")
+    parser.add_argument("--weights", default="mrs", help="base classifier: a registry tag or a checkpoint file")
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="use the N training images mrs.train --holdout N leaves out (not --n from seed 3)")
+    parser.add_argument("--out", default="mrs_sigma_tuning", help="result name under benchmarks/results/")
     args = parser.parse_args()
 
-    estimator = get_art_model({"name": "cifar_resnet20", "weights": "mrs", "sample_size": 1000, "n0": 100,
+    estimator = get_art_model({"name": "cifar_resnet20", "weights": args.weights, "sample_size": 1000, "n0": 100,
                                "alpha": 0.001, "patch_size": 5, "tau": 20.0, "margin": 3})
-    train = load_dataset("cifar10", "train", n=args.n, seed=3)
-    x, y = train.x, train.y
+    if args.holdout:
+        train = load_dataset("cifar10", "train")
+        _, held_out = holdout_split(train, args.holdout)
+        x, y = train.x[held_out], train.y[held_out]
+        data = f"the {args.holdout} class-balanced training images (seed 0) left out by mrs.train --holdout"
+    else:
+        train = load_dataset("cifar10", "train", n=args.n, seed=3)
+        x, y = train.x, train.y
+        data = f"{args.n} class-balanced training images (seed 3)"
     true_masks = patch_masks(x.shape[2:], (5, 5), random_locations(len(x), x.shape[2:], (5, 5), seed=4))
     start = time.time()
     base = make_classifier(estimator.model, "cifar_resnet20")
@@ -62,7 +76,7 @@ def main() -> None:
                        num_random_init=0, batch_size=250, verbose=False)
     fooled = estimator.predict_base(x_adv).argmax(1) != y
     seconds: dict = {"masked_pgd": round(time.time() - start, 1)}
-    settings = {"weights_sha256": sha256_of(weights_path("cifar_resnet20", "mrs")), "n": args.n,
+    settings = {"weights_sha256": sha256_of(weights_path("cifar_resnet20", args.weights)), "n": len(x),
                 "adversarial_sha256": hashlib.sha256(x_adv.tobytes()).hexdigest()}
 
     start = time.time()
@@ -73,11 +87,12 @@ def main() -> None:
     clean_abstain, adv_abstain = (np.array([f.abstain for f in found]) for found in (clean_found, adv_found))
     covered = ~adv_abstain & np.all(adv_regions | ~true_masks, axis=(1, 2))
 
-    STORE.mkdir(parents=True, exist_ok=True)
+    store = ROOT / "outputs" / "benchmarks" / args.out
+    store.mkdir(parents=True, exist_ok=True)
     per_sigma: dict = {}
     for sigma_255 in args.sigmas:
         name = f"sigma{sigma_255:g}"
-        kept = kept_figures(STORE / f"{name}.json", settings)
+        kept = kept_figures(store / f"{name}.json", settings)
         if kept is not None:
             per_sigma[name] = kept
             continue
@@ -90,7 +105,7 @@ def main() -> None:
                    "certified_accuracy_r25_localized": float(adv_certified.mean()),
                    "seconds": round(time.time() - began, 1)}
         per_sigma[name] = figures
-        keep_figures(STORE / f"{name}.json", settings, figures)
+        keep_figures(store / f"{name}.json", settings, figures)
         print(name, figures, flush=True)
 
     def score(sigma_255: float) -> tuple[float, float]:
@@ -105,16 +120,16 @@ def main() -> None:
         results[f"certified_accuracy_r25_localized_{name}"] = figures["certified_accuracy_r25_localized"]
         seconds[name] = figures["seconds"]
     config = {
-        "model": "cifar_resnet20", "weights": "cifar10_resnet20_mrs.pt", **settings,
+        "model": "cifar_resnet20", "weights": weights_path("cifar_resnet20", args.weights).name, **settings,
         "smoothing": {"sigmas_255": args.sigmas, "n0": 100, "n": 1000, "alpha": 0.001, "radius": "R = 25/255, L2"},
         "localization": {"block": 5, "stride": 1, "tau": 20.0, "margin": 3},
-        "data": f"{args.n} class-balanced training images (seed 3), 5x5 patch at a random place (seed 4)",
+        "data": f"{data}, 5x5 patch at a random place (seed 4)",
         "attack": "masked PGD against the base classifier, L-inf eps 1.0, step 0.05, 50 iterations, no random start",
         "choice": "largest clean_accuracy + certified_accuracy_r25_localized (ties: the smaller sigma)",
         "seconds": seconds,
     }
-    write_result("mrs_sigma_tuning", config, results,
-                 images={key: args.n for key in results if key.startswith(("clean_accuracy", "certified_accuracy",
+    write_result(args.out, config, results,
+                 images={key: len(x) for key in results if key.startswith(("clean_accuracy", "certified_accuracy",
                                                                            "localization", "adversarial"))})
 
 

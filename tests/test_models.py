@@ -530,6 +530,7 @@ def test_an_unwritable_out_stops_a_training_command_before_it_starts(tmp_path, c
     ("art_patch_defenses.mrs.train", ["--width-min", "11"], "--width-min 11 exceeds --width-max 10"),
     ("art_patch_defenses.mrs.train", ["--lr", "-0.1"], "argument --lr: must be a positive number, got '-0.1'"),
     ("art_patch_defenses.mrs.train", ["--seed", "x"], "argument --seed: must be a non-negative integer, got 'x'"),
+    ("art_patch_defenses.mrs.train", ["--holdout", "-1"], "argument --holdout: must be a non-negative integer"),
     ("art_patch_defenses.robust_masking.train", ["--band-width", "0"], "argument --band-width: must be a positive"),
     ("art_patch_defenses.robust_masking.train", ["--init", "cifar_resnet20"],
      "--init: expected model:weights (e.g. cifar_resnet20:finetuned) or a .pt file, got 'cifar_resnet20'"),
@@ -579,7 +580,7 @@ def test_a_holdout_that_leaves_nothing_to_train_on_is_refused(tmp_path, capsys, 
     if not (SHARED / "data" / "cifar10").is_dir():
         pytest.skip("the CIFAR-10 command needs ../shared")
     for module in ("art_patch_defenses.scalecert.train", "art_patch_defenses.patchcleanser.train",
-                   "art_patch_defenses.robust_masking.train"):
+                   "art_patch_defenses.robust_masking.train", "art_patch_defenses.mrs.train"):
         status, err = run_command(module, ["--holdout", "50000", "--out", str(tmp_path / "model.pt")], capsys)
         assert status == 2 and "error: --holdout must leave training images: got 50000 of the 50000" in err, err
         assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,9 @@
 """Fine-tune a CIFAR ResNet as the MRS base classifier (noise inside random squares) and save it as a checkpoint.
 
 Run, e.g.: ``python -m art_patch_defenses.mrs.train --depth 20 --sigma 25 --epochs 3`` (sigma in the paper's 0-255
-units); the checkpoint goes to ``checkpoints/cifar10_resnet<depth>_mrs.pt`` (registry tag ``"mrs"``).
+units); the checkpoint goes to ``checkpoints/cifar10_resnet<depth>_mrs.pt`` (registry tag ``"mrs"``). ``--holdout n``
+trains on all but ``n`` class-balanced training images (seed 0), so that ``benchmarks/mrs_sigma_tuning.py --holdout n``
+can choose between checkpoints and sigmas on images none of the noise training saw.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from art_patch_defenses.models.checkpoints import (
     record_checkpoint,
 )
 from art_patch_defenses.models.registry import CIFAR10_MEAN, CIFAR10_STD
+from art_patch_defenses.models.train_embedded import holdout_split
 from art_patch_defenses.mrs.smoothing import from_255
 from art_patch_defenses.mrs.training import train_mrs_base
 from art_patch_defenses.paths import checkpoints_dir
@@ -42,7 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=positive_int, default=3)
     parser.add_argument("--lr", type=positive_float, default=0.01)
     parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--holdout", type=non_negative_int, default=0,
+                        help="train on all but this many class-balanced training images (seed 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="a new one when continuing a run (see train_classifier)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.width_min > args.width_max:
@@ -52,19 +58,25 @@ def main(argv: list[str] | None = None) -> None:
     # Everything that can fail fails here, before the log (maybe the committed one) is rotated or rewritten.
     check_run_start(parser, out, init=lambda: build_model(name, args.init))
     train = load_dataset("cifar10", "train")
+    try:
+        fit, _ = holdout_split(train, args.holdout)
+    except ValueError as error:
+        parser.error(str(error))
     command = "python -m art_patch_defenses.mrs.train " + " ".join(sys.argv[1:] if argv is None else argv)
     log, previous_log = open_run_log(out, command, Path(args.init) if args.init.endswith(".pt") else None)
     torch.manual_seed(args.seed)
     model = build_model(name, args.init)  # built again after seeding, as the recorded runs drew its initialisation
     start = time.time()
-    train_mrs_base(model, train.x, train.y, CIFAR10_MEAN, CIFAR10_STD, sigma=from_255(args.sigma),
+    train_mrs_base(model, train.x[fit], train.y[fit], CIFAR10_MEAN, CIFAR10_STD, sigma=from_255(args.sigma),
                    width_min=args.width_min, width_max=args.width_max, epochs=args.epochs, lr=args.lr,
                    batch_size=args.batch_size, seed=args.seed, log=log)
     sha = save_checkpoint(model, out, arch=name, noise_sigma_255=args.sigma, square_widths=[args.width_min,
                                                                                              args.width_max])
     summary = {"checkpoint": out.name, "sha256": sha, "model": name, "init": args.init, "sigma_255": args.sigma,
                "square_widths": [args.width_min, args.width_max], "epochs": args.epochs, "lr": args.lr,
-               "train_images": len(train), "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
+               "train_images": len(fit), "seconds": round(time.time() - start), "size_bytes": out.stat().st_size}
+    if args.holdout:  # recorded only where used: older records keep their settings
+        summary["holdout"] = args.holdout
     log(json.dumps(summary))
     record_checkpoint(out.parent / "checkpoints.json", out.name, summary, command, previous_log)
 
