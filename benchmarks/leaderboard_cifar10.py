@@ -63,10 +63,11 @@ EMPIRICAL = ("undefended", "fnc", "patchzero", "patchzero_masked")
 #: finished chunks kept in :data:`KEPT_CHUNKS` (shown beside "pending" until the row is complete).
 LONG_RUNS = {
     "mrs": "one MRS predict localises and smooths (about 1,800 forward passes: 2.0 s per image at one thread, "
-           "benchmarks/results/mrs_cifar10.json), so the ensemble's 100-query random search alone is up to 50,000 "
-           "predicts on 500 images (it stops at an image's first fooling query), up to 28 CPU-hours, and the "
-           "white-box part judges up to 15 candidates per image with it (up to 4.3 CPU-hours more), on a machine of "
-           "2 CPU cores; run across sessions, its finished chunks kept in benchmarks/results/leaderboard_chunks/mrs",
+           "benchmarks/results/mrs_cifar10.json as of commit 4618049, this row's model and sigma), so the ensemble's "
+           "100-query random search alone is up to 50,000 predicts on 500 images (it stops at an image's first "
+           "fooling query), up to 28 CPU-hours, and the white-box part judges up to 15 candidates per image with it "
+           "(up to 4.3 CPU-hours more), on a machine of 2 CPU cores; run across sessions, its finished chunks kept "
+           "in benchmarks/results/leaderboard_chunks/mrs",
 }
 #: Finished chunks of a row whose run spans sessions (MRS), committed so that a fresh checkout continues the run
 #: instead of starting it again: ``--keep-chunks`` writes them, ``run`` reads back what its output dir lacks.

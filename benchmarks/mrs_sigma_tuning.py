@@ -1,9 +1,9 @@
 """MRS smoothing noise sigma chosen on training images (it was chosen on 20 test images before).
 
-Model and localisation as ``mrs_cifar10.py``: ``checkpoints/cifar10_resnet20_mrs.pt`` (noise-trained with sigma
-25), 5x5 blocks, stride 1, tau 20, margin 3; n0 = 100, n = 1000, alpha = 0.001, certified accuracy counted at
-R = 25/255. The localisation does not depend on sigma, so each image is localised once and certified in its found
-region at every sigma of ``--sigmas`` (0-255 units).
+Model ``--weights``, by default ``checkpoints/cifar10_resnet20_mrs.pt`` (tag ``"mrs"``, noise-trained with sigma
+25); localisation as ``mrs_cifar10.py``: 5x5 blocks, stride 1, tau 20, margin 3; n0 = 100, n = 1000, alpha = 0.001,
+certified accuracy counted at R = 25/255. The localisation does not depend on sigma, so each image is localised once
+and certified in its found region at every sigma of ``--sigmas`` (0-255 units).
 
 Data: ``--n`` class-balanced training images (seed 3) and a 5x5 patch at a uniformly random place per image
 (seed 4) from masked PGD against the base classifier (L-inf eps 1.0, step 0.05, 50 iterations, no random start),
