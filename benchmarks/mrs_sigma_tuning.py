@@ -57,12 +57,17 @@ def main() -> None:
                         help="use the N training images mrs.train --holdout N leaves out (not --n from seed 3)")
     parser.add_argument("--out", default="mrs_sigma_tuning", help="result name under benchmarks/results/")
     args = parser.parse_args()
+    if args.holdout and args.n != parser.get_default("n"):
+        parser.error("--holdout N measures the N images training left out; --n applies only without it")
 
     estimator = get_art_model({"name": "cifar_resnet20", "weights": args.weights, "sample_size": 1000, "n0": 100,
                                "alpha": 0.001, "patch_size": 5, "tau": 20.0, "margin": 3})
     if args.holdout:
         train = load_dataset("cifar10", "train")
-        _, held_out = holdout_split(train, args.holdout)
+        try:
+            _, held_out = holdout_split(train, args.holdout)
+        except ValueError as error:
+            parser.error(str(error))
         x, y = train.x[held_out], train.y[held_out]
         data = f"the {args.holdout} class-balanced training images (seed 0) left out by mrs.train --holdout"
     else:

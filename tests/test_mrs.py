@@ -181,3 +181,19 @@ def test_highest_loss_places_resume_and_agree_whoever_computed_them(tmp_path, mo
     for i, place in enumerate(best):
         np.testing.assert_array_equal(one_process[1][i], mrs_cifar10.place_masks(x, place)[i])
     assert len(set(best)) > 1 and np.any(one_process[0] != x)  # the choice above was a real one
+
+
+def test_sigma_tuning_refuses_n_with_holdout(monkeypatch, capsys):
+    """``benchmarks/mrs_sigma_tuning.py --holdout N`` measures the images training left out: an ``--n`` beside it
+    would be ignored, so it is refused before anything loads."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import mrs_sigma_tuning
+
+    monkeypatch.setattr(sys, "argv", ["mrs_sigma_tuning.py", "--holdout", "100", "--n", "50"])
+    with pytest.raises(SystemExit) as stop:
+        mrs_sigma_tuning.main()
+    assert stop.value.code == 2
+    assert "--n applies only without it" in capsys.readouterr().err
