@@ -1,7 +1,8 @@
 """ScaleCert on CIFAR-10: clean and certified detection accuracy, candidate windows, speed, soundness.
 
-Model: ``checkpoints/cifar10_resnet20_scalecert.pt`` (ResNet-20 fine-tuned winner-take-all with the SIN mask after
-``bn1`` and random occluding windows; see ``checkpoints.json``). Data: the first ``--n`` class-balanced shared
+Model: ``checkpoints/cifar10_resnet<depth>_scalecert.pt`` (``--depth`` 20 or 56: the CIFAR ResNet fine-tuned
+winner-take-all with the SIN mask after ``bn1`` and random occluding windows; see ``checkpoints.json``), or
+``--checkpoint``. Data: the first ``--n`` class-balanced shared
 test images (seed 0). Patch 5x5 (2.4%) and 2x2 (0.4%), r = 3.
 - ``clean_accuracy_undefended``: the same weights without the SIN mask; ``clean_accuracy_vanilla``: the sparse
   (SIN) model alone, the paper's "Model" column; ``clean_accuracy``: the detector (Algorithm 1; an alert on a
@@ -18,7 +19,8 @@ test images (seed 0). Patch 5x5 (2.4%) and 2x2 (0.4%), r = 3.
 - ``by_top_k_and_tau``: the paper's tables 3-4 (5x5 patch) on ``--table-n`` images, every k-th of the slice (one
   model serves every top-k: it was fine-tuned with k drawn from 0.1, 0.15, 0.2 per batch).
 
-Run: ``.venv/bin/python benchmarks/scalecert_cifar10.py``.
+Run: ``.venv/bin/python benchmarks/scalecert_cifar10.py [--depth 56]`` (writes ``benchmarks/results/
+scalecert_cifar10.json``, ``scalecert_cifar10_resnet56.json`` for ``--depth 56``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from art_patch_defenses.scalecert import get_art_model  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--depth", type=int, choices=(20, 56), default=20, help="CIFAR ResNet depth")
+    parser.add_argument("--checkpoint", default=None, help="weights file (default: the depth's 'scalecert' tag)")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--top-k", type=float, default=0.2, help="the paper's best rate in its table 3")
     parser.add_argument("--tau", type=float, default=0.3)
@@ -54,12 +57,14 @@ def main() -> None:
     parser.add_argument("--pgd-iter", type=int, default=10)
     args = parser.parse_args()
 
-    path = Path(args.checkpoint) if args.checkpoint else weights_path("cifar_resnet20", "scalecert")
-    estimator = get_art_model({"name": "cifar_resnet20", "weights": str(path), "top_k": args.top_k,
+    model = f"cifar_resnet{args.depth}"
+    path = Path(args.checkpoint) if args.checkpoint else weights_path(model, "scalecert")
+    weights_sha256 = sha256_of(path)  # of the weights loaded now, not of whatever the file holds at the end
+    estimator = get_art_model({"name": model, "weights": str(path), "top_k": args.top_k,
                                "patch_size": 5, "tau": args.tau})
     test = load_dataset("cifar10", "test", n=args.n, seed=0)
     results: dict = {}
-    undefended = make_classifier(build_model("cifar_resnet20", str(path)), "cifar_resnet20")
+    undefended = make_classifier(build_model(model, str(path)), model)
     results["clean_accuracy_undefended"] = float(np.mean(undefended.predict(test.x).argmax(1) == test.y))
     results["clean_accuracy_vanilla"] = float(np.mean(estimator.predict_base(test.x).argmax(1) == test.y))
 
@@ -112,7 +117,7 @@ def main() -> None:
     results["by_top_k_and_tau"] = table
 
     config = {
-        "checkpoint": path.name, "checkpoint_sha256": sha256_of(path), "model": "cifar_resnet20",
+        "checkpoint": path.name, "checkpoint_sha256": weights_sha256, "model": model,
         "superficial_layer": estimator.superficial_layer, "top_k": args.top_k, "tau": args.tau, "r": estimator.r,
         "data": f"shared CIFAR-10 JPEG test split, {args.n} class-balanced images, seed 0",
         "table_data": f"every {max(1, args.n // args.table_n)}-th image of that slice ({args.table_n}, balanced)",
@@ -129,7 +134,8 @@ def main() -> None:
     accuracies = ("clean_accuracy_undefended", "clean_accuracy_vanilla", "clean_accuracy",
                   "certified_detection_accuracy_5x5", "alert_rate_clean_5x5", "clean_accuracy_2x2",
                   "certified_detection_accuracy_2x2")
-    write_result("scalecert_cifar10", config, results, images=dict.fromkeys(accuracies, len(test)))
+    name = "scalecert_cifar10" + ("" if args.depth == 20 else f"_resnet{args.depth}")
+    write_result(name, config, results, images=dict.fromkeys(accuracies, len(test)))
 
 
 if __name__ == "__main__":
