@@ -118,9 +118,11 @@ class Row:
     not_kept: list[str]  # logs under benchmarks/results
     holdout_metric: str  # the held-out figure to plot
     figures: list[tuple[str, str, str]]  # (results JSON, key, label)
+    measured: str  # how the figures were measured: attack, budget, patch, placement (the JSON's config says more)
     goal: str
     limit: str
     x_unit: str = "epoch"
+    data: dict[str, str] = field(default_factory=dict)  # key -> data slice, where it is not the JSON's config.data
 
 
 ROWS = [
@@ -133,6 +135,9 @@ ROWS = [
          ("robust_masking_cifar10_ds_crop56.json", "certified_accuracy_5x5", "certified 5x5"),
          ("art_ds_cifar10_ds_crop56.json", "clean_accuracy", "clean (ART DS, same bands)"),
          ("art_ds_cifar10_ds_crop56.json", "certified_accuracy_5x5", "certified 5x5 (ART DS)")],
+        "certified accuracy from each certify routine (robust masking; ART's PyTorchDeRandomizedSmoothing, "
+        "threshold 0.3): a certificate covers every 5x5 patch (2.4%) of any content anywhere, so no attack is "
+        "involved; clean counts an abstention as wrong",
         "clean >= 0.80 and certified 5x5 >= 0.55, for both rows",
         "Each vote comes from one 32x4 band, and a band network right on about 61% of single bands (the held-out "
         "'local' figure) leaves few images with the margin over the patch-reachable bands that the certificate "
@@ -143,6 +148,8 @@ ROWS = [
         ["cifar10_resnet56_scalecert.pt"], [], "certified",
         [("scalecert_cifar10_resnet56.json", "clean_accuracy", "clean"),
          ("scalecert_cifar10_resnet56.json", "certified_detection_accuracy_5x5", "certified detection 5x5")],
+        "certified detection from PyTorchScaleCert.certify (Algorithm 2; every 5x5 patch of any content anywhere "
+        "either leaves the label right or raises an alert), top-k 0.4, r 3, tau 0.3; clean counts an alert as wrong",
         "clean >= 0.70 and certified detection 5x5 >= 0.55",
         "Clean equals certified here: an image counts only when none of its about 49 merged-window copies raises an "
         "alert, so every occluded copy must be right. Each phase of training on the worst of several occluding "
@@ -157,6 +164,8 @@ ROWS = [
         "certified",
         [("patchcleanser_cifar10_resnet56_flip.json", "clean_accuracy", "clean (mirror-averaged)"),
          ("patchcleanser_cifar10_resnet56_flip.json", "certified_accuracy_5x5", "certified 5x5 (mirror-averaged)")],
+        "certified recovery from PyTorchPatchCleanser.certify (double masking, 6 masks per axis, every 5x5 patch of "
+        "any content anywhere), base model averaged over each image and its mirror",
         "certified 5x5 >= 0.50 with clean >= 0.85",
         "Met. Five more epochs lowered the held-out certified figure, so the curve has flattened at this depth."),
     Row("mrs", "MRS, ResNet-20 trained with noise in random squares",
@@ -164,6 +173,10 @@ ROWS = [
         [("mrs_cifar10.json", "clean_accuracy", "clean (localise + smooth)"),
          ("mrs_cifar10.json", "certified_accuracy_r25_localized", "localised certified, R = 25/255"),
          ("mrs_cifar10.json", "localization_coverage", "localisation covers the patch")],
+        "clean: localise, then smooth (sigma 128/255, n0 100, n 1000, alpha 0.001; an abstention counts as wrong); "
+        "localised certified: a 5x5 patch (2.4%) at one uniformly random place per image (seed 1) from masked PGD "
+        "against the base classifier (L-inf eps 1.0, step 0.05, 50 iterations), then localise and certify; it "
+        "counts only where the region covers the patch and the L2 radius is at least 25/255",
         "clean >= 0.80 and localised certified accuracy at R = 25/255 >= 0.50",
         "Not the training: with the patch region given, the same model certifies far more (the oracle-mask row in "
         "docs/mrs.md). The localisation is the limit: a patch at one random place leaves the base model right on "
@@ -173,13 +186,20 @@ ROWS = [
         [("patchzero_cifar10.json", "clean_accuracy_patchzero", "clean"),
          ("patchzero_cifar10.json", "adversarial_accuracy_patchzero_ensemble", "robust (ensemble, 7x7 = 4.8%)"),
          ("patchzero_cifar10.json", "detector_recall_bpda", "detector recall on BPDA patches")],
+        "robust: the PatchAutoAttack ensemble, white-box through PatchZero with BPDA (masked PGD, step 0.05 x 50 and "
+        "0.01 x 100; masked AutoPGD 50 iterations, untargeted and targeted at the 2 likeliest other classes; the "
+        "joint detector-evasion attack; 4 placements including a scan; a 300-query random search), 7x7 patch "
+        "(4.8%), seed 0; detector recall: pixels of the patches from white-box BPDA masked PGD (eps 1.0, step 0.01, "
+        "100 iterations) at uniformly random places (seed 1)",
         "robust accuracy (ensemble, 5% patches) >= 0.50 with clean drop <= 0.005",
         "The stage-2 loss falls on the patches the training attack makes, but the detector still misses most of the "
         "low-contrast patches that an attack through the whole pipeline (BPDA) makes, and 300 more steps with a "
         "detector-evasion term in the attack brought no trend in the loss. The paper trains stage 2 until its "
         "attack stops producing more destructive patches; at a detector recall this low, ours has not reached "
         "that point in the stage-2 steps two cores allowed.",
-        x_unit="stage-2 step"),
+        x_unit="stage-2 step",
+        data={"adversarial_accuracy_patchzero_ensemble": "shared CIFAR-10 JPEG test split, 500 class-balanced "
+                                                         "images, seed 0 (the ensemble config)"}),
     Row("fnc", "FNC on the fine-tuned ResNet-56 (alpha chosen on training images)",
         ["cifar10_resnet56_finetuned.pt"],
         ["fnc_finetune_alpha1.0_not_kept.log", "fnc_finetune_alpha1.2_not_kept.log"], "clean_with_fnc",
@@ -187,6 +207,10 @@ ROWS = [
          ("fnc_cifar10.json", "clean_accuracy_fnc", "clean, FNC"),
          ("fnc_cifar10.json", "adversarial_accuracy_undefended_advp", "AdvP patch, undefended"),
          ("fnc_cifar10.json", "adversarial_accuracy_fnc_advp", "AdvP patch, FNC")],
+        "universal AdvP patch (ART AdversarialPatchPyTorch, Adam lr 0.1, 60 passes), 10x10 (9.8%), targeted at "
+        "dog, trained on 1,000 class-balanced training images against the estimator it is evaluated on, pasted at "
+        "a uniformly random place per test image (seed 2); the worst of 3 patches (seeds 0-2); FNC at alpha "
+        "1.2 / 1.2 / 1.4 per stage",
         "gain over undefended >= 0.25 under the universal patch with clean drop <= 0.015",
         "FNC adds no trained weights: the kept model is the plain fine-tuned ResNet-56 and the gain comes from alpha. "
         "Fine-tuning through the clipping (not kept) recovered clean accuracy with FNC on the held-out images, but "
@@ -243,10 +267,15 @@ def row_curves(row: Row) -> dict:
             phases.append(_phase(run, False, _start(run, ends)))
     figures = []
     for source, key, label in row.figures:
-        value = json.loads((RESULTS_DIR / source).read_text())["results"][key]
-        figures.append({"source": f"benchmarks/results/{source}", "key": key, "label": label, "value": value})
+        result = json.loads((RESULTS_DIR / source).read_text())
+        config = result["config"]
+        weights = [f"{config[name]} ({config[name + '_sha256'][:8]})" for name in ("checkpoint", "weights", "detector")
+                   if name in config]
+        figures.append({"source": f"benchmarks/results/{source}", "key": key, "label": label,
+                        "value": result["results"][key], "data": row.data.get(key, config["data"]),
+                        "weights": ", ".join(weights)})
     return {"title": row.title, "x_unit": row.x_unit, "holdout_metric": row.holdout_metric, "goal": row.goal,
-            "limit": row.limit, "figures": figures, "phases": phases}
+            "measured": row.measured, "limit": row.limit, "figures": figures, "phases": phases}
 
 
 def _span(values: list[float]) -> str:
@@ -277,9 +306,10 @@ def write_markdown(curves: dict, path: Path) -> None:
         "",
     ]
     for curve in curves.values():
-        lines += [f"## {curve['title']}", "", f"Goal: {curve['goal']}.", "", "| committed figure | value | source |",
-                  "|---|---|---|"]
-        lines += [f"| {f['label']} | {f['value']:.4g} | `{f['source']}` |" for f in curve["figures"]]
+        lines += [f"## {curve['title']}", "", f"Goal: {curve['goal']}.", "", f"Measured: {curve['measured']}.", "",
+                  "| committed figure | value | data | weights (sha256) | source |", "|---|---|---|---|---|"]
+        lines += [f"| {f['label']} | {f['value']:.4g} | {f['data']} | {f['weights']} | `{f['source']}` |"
+                  for f in curve["figures"]]
         lines += ["", f"| phase ({curve['x_unit']}s) | command | log | kept | training loss | training accuracy | "
                       "held-out before -> after |", "|---|---|---|---|---|---|---|"]
         for phase in curve["phases"]:
