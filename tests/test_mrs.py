@@ -4,7 +4,7 @@ import torch
 from scipy.stats import norm
 
 from art_patch_defenses.mrs import PyTorchMRS, from_255, localize
-from art_patch_defenses.mrs.localization import ambiguous, region_mask
+from art_patch_defenses.mrs.localization import ambiguous, region_mask, template_scores
 from art_patch_defenses.mrs.smoothing import (
     certified_radius,
     lower_confidence_bound,
@@ -77,6 +77,19 @@ def test_region_and_abstain_rules_hand_computed():
     assert not ambiguous(scores, 8)
     scores[4, 4] = 9  # a second group
     assert ambiguous(scores, 8) and not ambiguous(scores, 9)
+
+
+def test_template_counts_votes_and_sums_real_valued_scores():
+    votes = np.zeros((5, 5), dtype=bool)
+    votes[2, :] = True  # a whole row votes
+    counted = template_scores(votes, reach=1)
+    assert counted.dtype == np.int64
+    assert counted[2, 2] == 3 and counted[1, 2] == 1 and counted[2, 0] == 2 and counted[0, 0] == 0
+    weights = np.zeros((5, 5))
+    weights[2, 2], weights[2, 3], weights[0, 2] = 0.5, 0.25, 2.0
+    summed = template_scores(weights, reach=1)
+    # Centre (2, 2): itself, its row neighbour (2, 3); (0, 2) is two rows away, beyond the reach.
+    assert summed[2, 2] == pytest.approx(0.75) and summed[1, 2] == pytest.approx(2.5)
 
 
 def test_certify_is_reproducible_under_a_seed_and_validates(mnist_classifier, mnist_test):

@@ -59,8 +59,8 @@ def inpainted_copies(image: np.ndarray, positions: list[tuple[int, int]], block:
 
 def template_scores(votes: np.ndarray, reach: int) -> np.ndarray:
     """Cross-template scores on a grid of block positions: for each position, the number of voting positions on
-    its row or column at most ``reach`` grid steps away (itself counted once)."""
-    votes = votes.astype(np.int64)
+    its row or column at most ``reach`` grid steps away (itself counted once); real-valued votes are summed."""
+    votes = votes.astype(np.int64) if votes.dtype == bool else votes
     arm = np.ones(2 * reach + 1, np.int64)
     horizontal = ndimage.convolve1d(votes, arm, axis=1, mode="constant")
     vertical = ndimage.convolve1d(votes, arm, axis=0, mode="constant")
