@@ -18,7 +18,7 @@ test images (seed 0). Patch 5x5 (2.4%) and 2x2 (0.4%), r = 3.
   an alert (must be 0); ``soundness_attack`` also counts the patches that fool the sparse model and the alerts;
 - ``by_top_k_and_tau``: the paper's tables 3-4 (5x5 patch) on ``--table-n`` images, every k-th of the slice (one
   model serves every top-k: the ResNet-20 was fine-tuned with k drawn from 0.1, 0.15, 0.2 per batch; the ResNet-56's
-  last three phases trained at 0.4 only, the last on 5x5 windows alone).
+  last four phases trained at 0.4 only, the last two on 5x5 windows alone).
 
 Run: ``.venv/bin/python benchmarks/scalecert_cifar10.py`` (ResNet-20, the paper's top-k 0.2) and
 ``.venv/bin/python benchmarks/scalecert_cifar10.py --depth 56 --top-k 0.4`` (the ResNet-56 at the top-k chosen on
