@@ -217,6 +217,51 @@ def test_estimator_detects_certifies_and_predicts(mnist_scalecert, mnist_test):
         est.detect(np.transpose(x, (0, 2, 3, 1)))
 
 
+def test_flip_average_copies_equal_pixel_occlusion_in_both_views_and_the_score_ignores_mirroring():
+    """With ``flip_average`` an occluded copy excludes, in the mirrored view, the features the mirrored window
+    reaches: its logits equal those of the image with the window's pixels occluded (any fill), scored with its
+    mirror. A window outside both views' R leaves the logits unchanged, and mirroring the input changes nothing.
+    The stride-2 7x7 stem on a 64 px image is not mirror-symmetric, so the mirrored reach is not the mirror of
+    the reach."""
+    import torchvision
+
+    from art_patch_defenses.models import make_classifier
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    est = make_classifier(model, input_shape=(3, 64, 64), nb_classes=4, estimator_class=PyTorchScaleCert,
+                          top_k=0.05, patch_size=8, flip_average=True)
+    x = np.zeros((2, 3, 64, 64), dtype=np.float32)  # content (and so the SIN winners) in the top-left corner only
+    x[:, :, :24, :24] = np.random.default_rng(0).random((2, 3, 24, 24), dtype=np.float32)
+    windows = est.windows_for()
+    reach = est.window_reach(windows)
+    assert reach.shape == (len(windows.boxes), 2, 32, 32) and np.array_equal(reach[:, 0], windows.features)
+    assert not np.array_equal(reach[:, 1], windows.features[..., ::-1])
+    found = est.detect(x)
+    assert found.winners.shape == (2, 2, 32, 32)
+    net = est.model
+
+    def logits(images, excluded=None):
+        with torch.no_grad():
+            return net(torch.from_numpy(images), None if excluded is None else torch.from_numpy(excluded))
+
+    clean = logits(x)
+    assert torch.allclose(logits(np.ascontiguousarray(x[..., ::-1])), clean, rtol=0, atol=1e-5)
+    assert np.array_equal(est.predict_base(x).argmax(1), found.base_prediction)
+    region = est.candidate_region(found.winners)
+    skipped = 0
+    for i in range(len(x)):
+        for fill in (0.0, 1.0):
+            occluded = np.where(windows.pixels[:, None], np.float32(fill), x[i][None])
+            copies = logits(occluded, reach)
+            run = found.evaluated[i]
+            assert np.array_equal(copies.argmax(1).numpy()[run], found.window_labels[i][run])
+            assert torch.allclose(copies[~run], clean[i].expand(int((~run).sum()), -1), rtol=0, atol=1e-5)
+        assert not (windows.pixels[~found.evaluated[i]] & region[i]).any()
+        skipped += int((~found.evaluated[i]).sum())
+    assert skipped > 0 and found.evaluated.any()
+
+
 def test_set_params_revalidates_and_restores(mnist_scalecert):
     est = mnist_scalecert
     with pytest.raises(ValueError, match="tau"):
@@ -226,6 +271,9 @@ def test_set_params_revalidates_and_restores(mnist_scalecert):
         est.set_params(patch_size=40)
     with pytest.raises(ValueError, match="r must"):
         est.set_params(r=0)
+    with pytest.raises(ValueError, match="flip_average"):
+        est.set_params(flip_average="yes")
+    assert est.flip_average is False and est.model.flip_average is False
     est.set_params(top_k=0.2)
     assert est.model.sin.top_k == 0.2
     est.set_params(top_k=0.1)
@@ -262,6 +310,21 @@ def test_soundness_certified_images_alert_or_stay_right_under_patches_everywhere
     does fool the sparse model itself at some placements, so the check can fail."""
     certified, fooled, failures = _silent_failures(mnist_scalecert, mnist_test.x[:30], mnist_test.y[:30],
                                                    patch=5, stride=1, max_iter=10, limit=2)
+    assert certified == 2 and fooled > 0
+    assert failures == 0
+
+
+def test_soundness_with_flip_average(mnist_scalecert, mnist_test):
+    """The same check with every image and copy scored together with its mirror; the attack (masked PGD) runs
+    against the averaged sparse model the detector classifies."""
+    est = mnist_scalecert
+    est.set_params(flip_average=True)
+    try:
+        assert est.window_reach(est.windows_for()).shape[1] == 2
+        certified, fooled, failures = _silent_failures(est, mnist_test.x[:30], mnist_test.y[:30], patch=5,
+                                                       stride=1, max_iter=10, limit=2)
+    finally:
+        est.set_params(flip_average=False)
     assert certified == 2 and fooled > 0
     assert failures == 0
 

@@ -12,6 +12,11 @@ import torch
 from torch import nn
 
 
+def average_log_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of the log-softmax of several ``(N, classes)`` logits (a view ensemble's score)."""
+    return sum(scores.log_softmax(1) for scores in logits) / len(logits)
+
+
 class FlipAverage(nn.Module):
     """``(log_softmax(model(x)) + log_softmax(model(mirror(x)))) / 2`` for NCHW images ``x``, mirrored along the
     width (the last axis). The output is invariant to mirroring the input, and costs two forward passes.
@@ -33,5 +38,5 @@ class FlipAverage(nn.Module):
             if logits.dim() != 2:
                 raise ValueError(f"FlipAverage needs (N, classes) logits from its model, got shape "
                                  f"{tuple(logits.shape)}")
-            scores.append(logits.log_softmax(1))
-        return (scores[0] + scores[1]) / 2
+            scores.append(logits)
+        return average_log_probabilities(scores)

@@ -26,7 +26,7 @@ from art_patch_defenses.certification import (
     base_classifier,
     with_abstain_column,
 )
-from art_patch_defenses.geometry import back_project
+from art_patch_defenses.geometry import affected_features, back_project
 from art_patch_defenses.scalecert.detection import certify_from_labels, detect_from_labels
 from art_patch_defenses.scalecert.sin import ScaleCertNet, layer_after_first_convolution
 from art_patch_defenses.scalecert.windows import OcclusionWindows, occlusion_windows
@@ -42,7 +42,8 @@ class Detection:
     :param base_prediction: the sparse model's label on the unoccluded image (``y*``).
     :param window_labels: ``(N, W)`` labels of the occluded copies (``y*`` for windows that were not run).
     :param evaluated: ``(N, W)`` which windows met the candidate region and were run.
-    :param winners: ``(N, h, w)`` the SIN winners of the unoccluded image.
+    :param winners: ``(N, h, w)`` the SIN winners of the unoccluded image; ``(N, 2, h, w)`` with ``flip_average``
+        (the image's, then its mirror's, in the mirror's coordinates).
     """
 
     prediction: np.ndarray
@@ -80,20 +81,27 @@ class ScaleCertMixin(CertifierMixin):
     def windows_for(self, patch_size: int | None = None) -> OcclusionWindows:
         raise NotImplementedError
 
+    def window_reach(self, windows: OcclusionWindows) -> np.ndarray:
+        """The superficial features each window excludes, as ``excluded`` takes them: ``windows.features``
+        ``(W, h, w)``; with ``flip_average`` ``(W, 2, h, w)``, those and the features the mirrored window reaches in
+        the mirrored view."""
+        raise NotImplementedError
+
     def detect(self, x: np.ndarray, batch_size: int = 256, verbose: bool = False) -> Detection:
         """Algorithm 1 for a patch of the configured ``patch_size``."""
         x = self.check_inputs(x)
         windows = self.windows_for()
+        reach = self.window_reach(windows)
         base, winners, evaluated, window_labels = [], [], [], []
         for start in tqdm(range(0, len(x), batch_size), desc="detect (ScaleCert)", disable=not verbose):
             images = x[start : start + batch_size]
             labels, kept, features = self._classify(images)
-            run = meets_region(kept, windows)  # the others keep y* (see .sin)
+            run = meets_region(kept, reach)  # the others keep y* (see .sin)
             copies = np.repeat(labels[:, None], len(windows.boxes), axis=1)
             rows, boxes = np.nonzero(run)
             for chunk in range(0, len(rows), batch_size):
                 i, w = rows[chunk : chunk + batch_size], boxes[chunk : chunk + batch_size]
-                copies[i, w] = self._classify(images[i], windows.features[w], features[i])[0]
+                copies[i, w] = self._classify(images[i], reach[w], features[i])[0]
             base.append(labels)
             winners.append(kept)
             evaluated.append(run)
@@ -113,8 +121,8 @@ class ScaleCertMixin(CertifierMixin):
         """How many merged windows meet each image's candidate region R: the occluded copies ``detect`` and
         ``certify`` run (one forward pass per image to find out)."""
         x = self.check_inputs(x)
-        windows = self.windows_for()
-        return np.concatenate([meets_region(self._classify(x[start : start + batch_size])[1], windows).sum(1)
+        reach = self.window_reach(self.windows_for())
+        return np.concatenate([meets_region(self._classify(x[start : start + batch_size])[1], reach).sum(1)
                                for start in range(0, len(x), batch_size)])
 
     def _certify(self, x: np.ndarray, y: np.ndarray | None, batch_size: int, seed: int | None, verbose: bool,
@@ -136,8 +144,13 @@ class ScaleCertMixin(CertifierMixin):
         return base_classifier(self)
 
     def candidate_region(self, winners: np.ndarray) -> np.ndarray:
-        """Input pixels ``(N, H, W)`` that the SIN ``winners`` ``(N, h, w)`` see: the candidate region R."""
-        return back_project(winners, self.model.chain, tuple(self.input_shape[-2:]))
+        """Input pixels ``(N, H, W)`` that the SIN ``winners`` ``(N, h, w)`` see: the candidate region R. With
+        ``flip_average`` (winners ``(N, 2, h, w)``): what either view's winners see, in the image's coordinates."""
+        image_hw = tuple(self.input_shape[-2:])
+        if winners.ndim == 3:
+            return back_project(winners, self.model.chain, image_hw)
+        return (back_project(winners[:, 0], self.model.chain, image_hw)
+                | back_project(winners[:, 1], self.model.chain, image_hw)[..., ::-1])
 
 
 class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
@@ -155,26 +168,32 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
     :param patch_size: side in pixels of the patch detection and certification are set for.
     :param r: occluding windows have side ``patch_size + r - 1`` (paper: 3).
     :param tau: overlap above which neighbouring windows are merged (paper: 0.3).
+    :param flip_average: score every image and every occluded copy together with its mirror (the mean of the two
+        log-softmax outputs; not in the paper). The certificate still holds: the mirrored view excludes the
+        features the mirrored window reaches, and a window counts as meeting R if it meets either view's. Twice
+        the cost.
     Occluded pixels need no fill value: every feature they reach is excluded (see :mod:`.sin`).
     Other arguments are ``PyTorchClassifier``'s.
     """
 
-    certifier_params = ["top_k", "patch_size", "r", "tau"]
+    certifier_params = ["top_k", "patch_size", "r", "tau", "flip_average"]
     estimator_params = PyTorchClassifier.estimator_params + certifier_params
 
     def __init__(self, model: torch.nn.Module, loss, input_shape: tuple[int, ...], nb_classes: int,
                  superficial_layer: str | None = None, top_k: float = 0.1, patch_size: int = 5, r: int = 3,
-                 tau: float = 0.3, **kwargs: Any) -> None:
+                 tau: float = 0.3, flip_average: bool = False, **kwargs: Any) -> None:
         if isinstance(model, ScaleCertNet):  # ART's clone_for_refitting passes the wrapped model back
             net = model
             superficial_layer = net.superficial_layer
         else:
             superficial_layer = superficial_layer or layer_after_first_convolution(model, tuple(input_shape))
-            net = ScaleCertNet(model, superficial_layer, top_k, tuple(input_shape))
+            net = ScaleCertNet(model, superficial_layer, top_k, tuple(input_shape), flip_average)
         super().__init__(net, loss, input_shape, nb_classes, **kwargs)
         self.superficial_layer = superficial_layer
         self.top_k, self.patch_size, self.r, self.tau = top_k, patch_size, r, tau
+        self.flip_average = flip_average
         self._windows: dict[tuple[int, int, float], OcclusionWindows] = {}
+        self._mirrored_reach: dict[int, tuple[OcclusionWindows, np.ndarray]] = {}
         self._check_certifier_params()
 
     @property
@@ -185,6 +204,14 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
     def top_k(self, value: float) -> None:
         self.model.sin.top_k = value
 
+    @property
+    def flip_average(self) -> bool:
+        return self.model.flip_average
+
+    @flip_average.setter
+    def flip_average(self, value: bool) -> None:
+        self.model.flip_average = value
+
     def _check_certifier_params(self) -> None:
         if not 0.0 < self.top_k <= 1.0:
             raise ValueError(f"top_k must be a fraction in (0, 1], got {self.top_k}")
@@ -193,6 +220,8 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
             raise ValueError(f"r must be a positive integer, got {self.r!r}")
         if not 0.0 <= self.tau < 1.0:
             raise ValueError(f"tau must be in [0, 1), got {self.tau}")
+        if not isinstance(self.flip_average, (bool, np.bool_)):
+            raise ValueError(f"flip_average must be True or False, got {self.flip_average!r}")
 
     @staticmethod
     def _check_patch_size(patch_size: Any, side: int) -> None:
@@ -213,6 +242,14 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
             self._windows[key] = occlusion_windows(self._image_hw(), (patch_size, patch_size), self.r, self.tau,
                                                    self.model.chain, self.model.map_hw)
         return self._windows[key]
+
+    def window_reach(self, windows: OcclusionWindows) -> np.ndarray:
+        if not self.flip_average:
+            return windows.features
+        if id(windows) not in self._mirrored_reach:  # once per cached set of windows (kept, so its id stays unique)
+            mirrored = affected_features(windows.pixels[..., ::-1], self.model.chain, self.model.map_hw)
+            self._mirrored_reach[id(windows)] = (windows, np.stack([windows.features, mirrored], axis=1))
+        return self._mirrored_reach[id(windows)][1]
 
     def _classify(self, x: np.ndarray, excluded: np.ndarray | None = None, superficial: torch.Tensor | None = None
                   ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -237,7 +274,10 @@ class PyTorchScaleCert(ScaleCertMixin, PyTorchClassifier):
         return PyTorchClassifier.predict(self, self.check_inputs(x), batch_size=batch_size, **kwargs)
 
 
-def meets_region(winners: np.ndarray, windows: OcclusionWindows) -> np.ndarray:
-    """``(N, W)``: window ``w`` meets image ``n``'s candidate region R, i.e. occluding it excludes a winner."""
-    reach = windows.features.reshape(len(windows.boxes), -1).astype(np.float32)
+def meets_region(winners: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """``(N, W)``: window ``w`` meets image ``n``'s candidate region R, i.e. occluding it excludes a winner.
+
+    ``winners`` ``(N, ...)`` and ``reach`` ``(W, ...)`` have the same trailing shape (``(h, w)``, or ``(2, h, w)``
+    with a view axis: then a window meets R if it excludes a winner in either view)."""
+    reach = reach.reshape(len(reach), -1).astype(np.float32)
     return winners.reshape(len(winners), -1).astype(np.float32) @ reach.T > 0

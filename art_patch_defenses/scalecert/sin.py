@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from art_patch_defenses.models.flip_average import average_log_probabilities
+
 #: Layer types whose kernel, stride and padding are composed into the superficial layer's receptive field.
 _SPATIAL_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
@@ -139,13 +141,19 @@ class ScaleCertNet(nn.Module):
     (the features of the unoccluded image, so that an occluded copy is computed from exactly the same numbers).
     After each forward ``last_features`` holds the layer's output before the SIN mask and ``last_winners`` the
     winners ``(N, h, w)``. The wrapped ``model``'s own state dict is unchanged (checkpoints stay plain models).
+
+    ``flip_average``: score each image and its mirror (along the width) through the sparse model and average the
+    log-softmax outputs (:func:`~art_patch_defenses.models.flip_average.average_log_probabilities`). ``excluded``,
+    ``superficial``, ``last_features`` and ``last_winners`` then carry a view axis after the batch axis: index 0 the
+    image, 1 its mirror, each in that view's own coordinates.
     """
 
-    def __init__(self, model: nn.Module, superficial_layer: str, top_k: float, input_shape: tuple[int, ...]
-                 ) -> None:
+    def __init__(self, model: nn.Module, superficial_layer: str, top_k: float, input_shape: tuple[int, ...],
+                 flip_average: bool = False) -> None:
         super().__init__()
         self.model = model
         self.sin = SuperficialImportantNeurons(top_k)
+        self.flip_average = flip_average
         self.superficial_layer = superficial_layer
         self.input_shape = tuple(input_shape)
         self.chain, self.map_hw = superficial_chain(model, superficial_layer, input_shape)
@@ -164,6 +172,19 @@ class ScaleCertNet(nn.Module):
 
     def forward(self, x: torch.Tensor, excluded: torch.Tensor | None = None,
                 superficial: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.flip_average:
+            return self._sparse_forward(x, excluded, superficial)
+        logits, features, winners = [], [], []
+        for view, image in enumerate((x, x.flip(3))):
+            logits.append(self._sparse_forward(image, None if excluded is None else excluded[:, view],
+                                               None if superficial is None else superficial[:, view]))
+            features.append(self.last_features)
+            winners.append(self.last_winners)
+        self.last_features, self.last_winners = torch.stack(features, 1), torch.stack(winners, 1)
+        return average_log_probabilities(logits)
+
+    def _sparse_forward(self, x: torch.Tensor, excluded: torch.Tensor | None, superficial: torch.Tensor | None
+                        ) -> torch.Tensor:
         self._excluded, self._superficial = excluded, superficial
         try:
             return self.model(x)
@@ -181,7 +202,7 @@ class ScaleCertNet(nn.Module):
             model = copy.deepcopy(self.model, memo)
         finally:
             layer._forward_hooks.update(hooks)
-        clone = ScaleCertNet(model, self.superficial_layer, self.sin.top_k, self.input_shape)
+        clone = ScaleCertNet(model, self.superficial_layer, self.sin.top_k, self.input_shape, self.flip_average)
         clone.train(self.training)
         memo[id(self)] = clone
         return clone
