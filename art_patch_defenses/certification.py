@@ -71,9 +71,13 @@ class CertificationResult:
 
 def with_abstain_column(scores: np.ndarray, abstain: np.ndarray) -> np.ndarray:
     """``(N, C)`` class scores plus the abstain column: ``(N, C + 1)``, rows where ``abstain`` is True become
-    ``[0, ..., 0, 1]``."""
+    ``[0, ..., 0, 1]``. Elsewhere the abstain column is 0, or 1 below the row's best score where every score is
+    negative (logits or log-probabilities), so that the argmax never reads a row that does not abstain as an
+    abstention."""
     out = np.zeros((len(scores), scores.shape[1] + 1), dtype=np.float32)
     out[:, :-1] = scores
+    best = out[:, :-1].max(axis=1)
+    out[:, -1] = np.where(best < 0, best - 1, 0)
     out[abstain] = 0.0
     out[abstain, -1] = 1.0
     return out

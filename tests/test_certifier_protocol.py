@@ -185,6 +185,15 @@ def _alert_on_bright(mnist_classifier):
     return AlertOnBright(**classifier_params(mnist_classifier))
 
 
+def test_the_abstain_column_never_wins_a_row_that_does_not_abstain():
+    """Scores that are all negative (log-probabilities, logits) keep their arg-max; an abstaining row reads as
+    abstention; an all-zero row still follows ART's abstain convention."""
+    scores = np.array([[-2.3, -0.1, -5.0], [3.0, -1.0, 0.5], [-1.0, -2.0, -0.5], [0.0, 0.0, 0.0]], dtype=np.float32)
+    out = with_abstain_column(scores, np.array([False, False, True, False]))
+    assert predict_labels(out, 3).tolist() == [1, 0, ABSTAIN, ABSTAIN]
+    assert out[0, -1] < out[0, 1] and out[1, -1] == 0 and out[2].tolist() == [0, 0, 0, 1]
+
+
 def test_abstain_is_never_class_zero_and_art_attacks_judge_it(mnist_classifier, mnist_test):
     """An alert keeps an arg-max from reading it as class 0: ART's own success checks count an image whose clean
     prediction was 0 and whose attacked one is an alert as changed (untargeted) and as not reaching class 0

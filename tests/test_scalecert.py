@@ -321,6 +321,9 @@ def test_soundness_with_flip_average(mnist_scalecert, mnist_test):
     est.set_params(flip_average=True)
     try:
         assert est.window_reach(est.windows_for()).shape[1] == 2
+        found = est.detect(mnist_test.x[:30])
+        assert (~found.alert).sum() >= 5  # predict reads log-probabilities (all below 0) right, not as alerts
+        assert np.array_equal(est.predict_labels(mnist_test.x[:30]), found.prediction)
         certified, fooled, failures = _silent_failures(est, mnist_test.x[:30], mnist_test.y[:30], patch=5,
                                                        stride=1, max_iter=10, limit=2)
     finally:
