@@ -147,9 +147,13 @@ ROWS = [
     Row("scalecert", "ScaleCert, ResNet-56 with the SIN mask",
         ["cifar10_resnet56_scalecert.pt"], [], "certified",
         [("scalecert_cifar10_resnet56.json", "clean_accuracy", "clean"),
-         ("scalecert_cifar10_resnet56.json", "certified_detection_accuracy_5x5", "certified detection 5x5")],
+         ("scalecert_cifar10_resnet56.json", "certified_detection_accuracy_5x5", "certified detection 5x5"),
+         ("scalecert_cifar10_resnet56_flip.json", "clean_accuracy", "clean (mirror-averaged)"),
+         ("scalecert_cifar10_resnet56_flip.json", "certified_detection_accuracy_5x5",
+          "certified detection 5x5 (mirror-averaged)")],
         "certified detection from PyTorchScaleCert.certify (Algorithm 2; every 5x5 patch of any content anywhere "
-        "either leaves the label right or raises an alert), top-k 0.4, r 3, tau 0.3; clean counts an alert as wrong",
+        "either leaves the label right or raises an alert), top-k 0.4, r 3, tau 0.3; clean counts an alert as wrong; "
+        "mirror-averaged: flip_average=True (each image and occluded copy scored with its mirror, twice the passes)",
         "clean >= 0.70 and certified detection 5x5 >= 0.55",
         "Clean equals certified here: an image counts only when none of its about 49 merged-window copies raises an "
         "alert, so every occluded copy must be right. Each phase of training on the worst of several occluding "
@@ -158,7 +162,9 @@ ROWS = [
         "held-out image in a hundred; drawing all 8 from the 5x5 windows raised the held-out figure from 0.664 to "
         "0.701 in two epochs and to 0.712 in two more, and the test figure from 0.622 to 0.639, then 0.654, still "
         "0.05 short. The curve is flattening on this objective (0.037, then 0.011 per two epochs of about 30 "
-        "minutes on two cores): a wider network (the paper uses a ResNet-18) is the next step. The phases change "
+        "minutes on two cores): a wider network (the paper uses a ResNet-18) is the next step. Scoring every image "
+        "and copy together with its mirror (chosen on the held-out images: 0.712 -> 0.749) lifts the test figure to "
+        "0.699, two images in 2,000 short of 0.70, at twice the forward passes. The phases change "
         "the objective (top-k 0.2 -> 0.4, worst of 4 -> 8, 5x5 windows alone), so the training accuracy steps "
         "between them."),
     Row("patchcleanser", "PatchCleanser, ResNet-56 fine-tuned with masks",
