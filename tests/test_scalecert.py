@@ -247,6 +247,8 @@ def test_flip_average_copies_equal_pixel_occlusion_in_both_views_and_the_score_i
 
     clean = logits(x)
     assert torch.allclose(logits(np.ascontiguousarray(x[..., ::-1])), clean, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="view axis"):  # one view's exclusions where two are needed
+        logits(x, np.ascontiguousarray(reach[:2, 0]))
     assert np.array_equal(est.predict_base(x).argmax(1), found.base_prediction)
     region = est.candidate_region(found.winners)
     skipped = 0

@@ -174,6 +174,10 @@ class ScaleCertNet(nn.Module):
                 superficial: torch.Tensor | None = None) -> torch.Tensor:
         if not self.flip_average:
             return self._sparse_forward(x, excluded, superficial)
+        for name, value in (("excluded", excluded), ("superficial", superficial)):
+            if value is not None and (value.dim() < 4 or value.shape[1] != 2):
+                raise ValueError(f"with flip_average, {name} needs a view axis of 2 after the batch axis (the image, "
+                                 f"its mirror), got shape {tuple(value.shape)}")
         logits, features, winners = [], [], []
         for view, image in enumerate((x, x.flip(3))):
             logits.append(self._sparse_forward(image, None if excluded is None else excluded[:, view],
